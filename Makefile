@@ -1,0 +1,41 @@
+# strata — see README.md. `make demo` sets up and runs the Docker example twice;
+# `make test` runs every test, including the ones that boot real VMs.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+BIN := bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/strata-ci/strata/internal/version.Version=$(VERSION)
+# Built base images are shared by every test package and kept between runs.
+export STRATA_IMAGES ?= /var/tmp/strata-test-images
+
+.PHONY: all setup build demo test test-unit lint bench clean
+
+all: build
+
+setup:
+	./scripts/setup.sh
+
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/strata-agent ./cmd/strata-agent
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/strata ./cmd/strata
+
+# The main job: run examples/docker twice; the second run reuses what the first built.
+demo: setup build
+	./scripts/demo.sh
+
+# Every test. VM tests boot real guests under QEMU; they fail (not skip) here
+# when something they need is missing.
+test: setup build
+	STRATA_E2E_REQUIRED=1 $(GO) test -p 1 -timeout 80m -count=1 ./...
+
+# Only the fast tests (VM tests skip).
+test-unit:
+	$(GO) test -short ./...
+
+lint:
+	gofmt -l . | (! grep .)
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)

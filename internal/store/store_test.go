@@ -1,0 +1,135 @@
+package store
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func commitLayer(t *testing.T, s *Store, parent, key string) Layer {
+	t.Helper()
+	a, err := s.Prepare(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{a.Overlay(), a.StatePath()} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := s.Commit(a, Layer{Key: key, Image: "img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestPrepareCommitGet(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := s.Prepare("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(a.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("uncommitted layer visible: %v", err)
+	}
+	if _, err := s.Commit(a, Layer{Key: "k"}); err == nil {
+		t.Fatal("commit without disk and state succeeded")
+	}
+	if _, err := s.Get(a.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("failed commit left a layer: %v", err)
+	}
+	if err := s.Abort(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(a.Dir); !os.IsNotExist(err) {
+		t.Fatalf("abort left %s", a.Dir)
+	}
+
+	base := commitLayer(t, s, "", "k1")
+	child := commitLayer(t, s, base.ID, "k2")
+	got, err := s.Get(child.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Parent != base.ID || got.Key != "k2" || got.StateBytes == 0 {
+		t.Fatalf("got %+v", got)
+	}
+	if _, err := s.Prepare("nope"); err == nil {
+		t.Fatal("prepare on a missing parent succeeded")
+	}
+	var n int
+	_ = s.Walk(func(Layer) error { n++; return nil })
+	if n != 2 {
+		t.Fatalf("walk saw %d layers, want 2", n)
+	}
+	if err := s.Remove(child.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(child.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatal("removed layer still there")
+	}
+}
+
+func TestCandidatesNewestFirst(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	l1 := commitLayer(t, s, "", "key")
+	l2 := commitLayer(t, s, "", "key")
+	if err := s.Record("key", l1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Record("key", l2.ID); err != nil {
+		t.Fatal(err)
+	}
+	c := s.Candidates("key")
+	if len(c) != 2 || c[0].ID != l2.ID || c[1].ID != l1.ID {
+		t.Fatalf("candidates = %v", c)
+	}
+	_ = s.Remove(l2.ID)
+	if c := s.Candidates("key"); len(c) != 1 || c[0].ID != l1.ID {
+		t.Fatalf("after remove: %v", c)
+	}
+	if c := s.Candidates("other"); c != nil {
+		t.Fatalf("unknown key: %v", c)
+	}
+}
+
+func TestRepeatableFallsBackToDefaultBranch(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	onMain := commitLayer(t, s, "", "k")
+	if err := s.SetRepeatable("repo", "main", "k", onMain.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := s.Repeatable("repo", "k", "feature/x", "main")
+	if !ok || got.ID != onMain.ID {
+		t.Fatalf("fallback: %v %v", got.ID, ok)
+	}
+	onFeature := commitLayer(t, s, "", "k")
+	_ = s.SetRepeatable("repo", "feature/x", "k", onFeature.ID)
+	got, _ = s.Repeatable("repo", "k", "feature/x", "main")
+	if got.ID != onFeature.ID {
+		t.Fatalf("branch state not preferred: %v", got.ID)
+	}
+	if _, ok := s.Repeatable("repo", "other", "main"); ok {
+		t.Fatal("unknown key found")
+	}
+	if refs := s.RepeatableRefs(); !refs[onMain.ID] || !refs[onFeature.ID] {
+		t.Fatalf("refs = %v", refs)
+	}
+}
+
+func TestSafeName(t *testing.T) {
+	if got := safeName("main"); got != "main" {
+		t.Fatalf("safeName(main) = %q", got)
+	}
+	for _, s := range []string{"feature/x", "../../etc", ".hidden", ""} {
+		got := safeName(s)
+		if filepath.Base(got) != got || got == s || got[0] == '.' {
+			t.Fatalf("safeName(%q) = %q", s, got)
+		}
+	}
+}
