@@ -1,0 +1,520 @@
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/strata-ci/strata/internal/agentproto"
+)
+
+// qemuMachine is one running QEMU process.
+type qemuMachine struct {
+	q       *QEMU
+	cmd     *exec.Cmd
+	runDir  string
+	paths   launchPaths
+	stderr  *tailBuffer
+	exited  chan struct{}
+	waitErr error
+	accel   Accel
+
+	started  time.Time
+	restored time.Duration // QEMU start to state loaded (Restore only)
+	ready    time.Duration // QEMU start to agent answering
+
+	qmp       *qmpClient
+	agent     *agentproto.Client
+	stopWatch chan struct{}
+
+	mu      sync.Mutex // serialises Snapshot and Forward, guards below
+	overlay string
+	node    string
+	seq     int
+	closed  bool
+}
+
+// Timings reports how long the last Boot or Restore took (for benchmarks):
+// from QEMU start to the state being loaded (zero after Boot) and to the
+// agent answering.
+type Timings struct {
+	StateLoaded time.Duration
+	AgentReady  time.Duration
+}
+
+// MachineTimings returns the launch timings of a machine created by QEMU.
+func MachineTimings(m Machine) (Timings, bool) {
+	qm, ok := m.(*qemuMachine)
+	if !ok {
+		return Timings{}, false
+	}
+	return Timings{StateLoaded: qm.restored, AgentReady: qm.ready}, true
+}
+
+// ConsoleLog returns the serial console output of a machine created by
+// QEMU (the last 64 KiB).
+func ConsoleLog(m Machine) string {
+	qm, ok := m.(*qemuMachine)
+	if !ok {
+		return ""
+	}
+	return tailFile(qm.paths.console, 64<<10)
+}
+
+// PID is the QEMU process id of a machine created by QEMU (0 otherwise).
+func PID(m Machine) int {
+	qm, ok := m.(*qemuMachine)
+	if !ok || qm.cmd.Process == nil {
+		return 0
+	}
+	return qm.cmd.Process.Pid
+}
+
+// untilExit derives a context that is cancelled when QEMU exits.
+func (m *qemuMachine) untilExit(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-m.exited:
+			cancel(errExited)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(nil) }
+}
+
+// failure builds an error for a failed launch step, with QEMU's stderr and
+// the end of the serial console.
+func (m *qemuMachine) failure(step string, err error) error {
+	select {
+	case <-m.exited:
+		err = fmt.Errorf("%w: %v (%v)", ErrVMDied, err, m.waitErr)
+	default:
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %v", step, err)
+	if s := strings.TrimSpace(m.stderr.String()); s != "" {
+		fmt.Fprintf(&b, "\nQEMU stderr:\n%s", s)
+	}
+	if s := strings.TrimSpace(tailFile(m.paths.console, 4<<10)); s != "" {
+		fmt.Fprintf(&b, "\nserial console (end):\n%s", s)
+	}
+	return &wrapErr{msg: b.String(), err: err}
+}
+
+type wrapErr struct {
+	msg string
+	err error
+}
+
+func (e *wrapErr) Error() string { return e.msg }
+func (e *wrapErr) Unwrap() error { return e.err }
+
+// incoming loads a migration stream into a QEMU started with -incoming defer.
+func (m *qemuMachine) incoming(ctx context.Context, state string) error {
+	uri := "exec:zstd -dcq < " + shellQuote(state)
+	if err := m.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
+		return err
+	}
+	if err := m.waitMigration(ctx, 5*time.Millisecond); err != nil {
+		return err
+	}
+	return m.qmp.Execute(ctx, "cont", nil, nil)
+}
+
+type migrateInfo struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+	Downtime  int64  `json:"downtime"`
+	TotalTime int64  `json:"total-time"`
+	SetupTime int64  `json:"setup-time"`
+	RAM       *struct {
+		Transferred int64 `json:"transferred"`
+	} `json:"ram"`
+}
+
+// waitMigration polls query-migrate until the migration (outgoing or
+// incoming) completes.
+func (m *qemuMachine) waitMigration(ctx context.Context, every time.Duration) error {
+	for {
+		var mi migrateInfo
+		if err := m.qmp.Execute(ctx, "query-migrate", nil, &mi); err != nil {
+			return err
+		}
+		switch mi.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			if mi.ErrorDesc != "" {
+				return fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc)
+			}
+			return fmt.Errorf("migration %s", mi.Status)
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(every):
+		}
+		if every < 100*time.Millisecond {
+			every += every / 2
+		}
+	}
+}
+
+// connectAgent waits for the guest agent; after a restore it also sets the
+// guest clock and adds fresh entropy.
+func (m *qemuMachine) connectAgent(ctx context.Context, restored bool) error {
+	path := m.paths.agent
+	m.agent = agentproto.NewClient(func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	})
+	if _, err := m.agent.Handshake(ctx); err != nil {
+		if c := context.Cause(ctx); errors.Is(c, errExited) {
+			return c
+		}
+		return err
+	}
+	if !restored {
+		return nil
+	}
+	return m.refreshGuest(ctx)
+}
+
+// refreshGuest sets the guest clock from the host and reseeds its random
+// pool, so restored copies neither live in the past nor share randomness.
+func (m *qemuMachine) refreshGuest(ctx context.Context) error {
+	if err := m.agent.SetClock(ctx, time.Now()); err != nil {
+		return err
+	}
+	seed := make([]byte, 64)
+	if _, err := rand.Read(seed); err != nil {
+		return fmt.Errorf("entropy: %w", err)
+	}
+	return m.agent.AddEntropy(ctx, seed)
+}
+
+func (m *qemuMachine) execRequest(e Exec) agentproto.ExecRequest {
+	return agentproto.ExecRequest{Argv: e.Argv, Env: e.Env, User: e.User, Dir: e.Dir, TTY: e.TTY}
+}
+
+// Run implements Machine.
+func (m *qemuMachine) Run(ctx context.Context, e Exec, stdout, stderr io.Writer) (int, error) {
+	ctx, cancel := m.untilExit(ctx)
+	defer cancel()
+	code, err := m.agent.Exec(ctx, m.execRequest(e), e.Stdin, stdout, stderr)
+	return code, m.wrapDied(ctx, err)
+}
+
+// StartBackground implements Machine.
+func (m *qemuMachine) StartBackground(ctx context.Context, e Exec, logPath string, grace time.Duration) error {
+	ctx, cancel := m.untilExit(ctx)
+	defer cancel()
+	return m.wrapDied(ctx, m.agent.StartBackground(ctx, m.execRequest(e), logPath, grace))
+}
+
+// CopyIn implements Machine.
+func (m *qemuMachine) CopyIn(ctx context.Context, dir string, tar io.Reader) error {
+	ctx, cancel := m.untilExit(ctx)
+	defer cancel()
+	return m.wrapDied(ctx, m.agent.CopyIn(ctx, dir, tar))
+}
+
+// wrapDied marks err with ErrVMDied when QEMU exited meanwhile.
+func (m *qemuMachine) wrapDied(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(context.Cause(ctx), errExited) {
+		return m.failure("guest", fmt.Errorf("%w: %v", ErrVMDied, err))
+	}
+	return err
+}
+
+// Overlay implements Machine.
+func (m *qemuMachine) Overlay() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.overlay
+}
+
+var hostfwdPortRE = regexp.MustCompile(`(?i)error|could not|invalid`)
+
+// Forward implements Machine: HMP hostfwd_add bound to 127.0.0.1 on a free
+// port chosen by the host kernel.
+func (m *qemuMachine) Forward(ctx context.Context, guestPort int) (string, error) {
+	if guestPort <= 0 || guestPort > 65535 {
+		return "", fmt.Errorf("forward: bad guest port %d", guestPort)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for attempt := 0; attempt < 5; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return "", fmt.Errorf("forward %d: %w", guestPort, err)
+		}
+		out, err := m.qmp.HMP(ctx, fmt.Sprintf("hostfwd_add net0 tcp:127.0.0.1:%d-:%d", port, guestPort))
+		if err != nil {
+			return "", fmt.Errorf("forward %d: %w", guestPort, err)
+		}
+		if strings.TrimSpace(out) == "" || !hostfwdPortRE.MatchString(out) {
+			return "127.0.0.1:" + strconv.Itoa(port), nil
+		}
+		// Port taken between our probe and QEMU's bind: try another.
+	}
+	return "", fmt.Errorf("forward %d: no free host port", guestPort)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// kill ends the QEMU process group.
+func (m *qemuMachine) kill() {
+	if m.cmd.Process != nil {
+		_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+		_ = m.cmd.Process.Kill()
+	}
+}
+
+// Close implements Machine.
+func (m *qemuMachine) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.mu.Unlock()
+	if m.agent != nil {
+		m.agent.Close()
+	}
+	if m.qmp != nil {
+		select {
+		case <-m.exited:
+		default:
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = m.qmp.Execute(ctx, "quit", nil, nil)
+			cancel()
+		}
+	}
+	select {
+	case <-m.exited:
+	case <-time.After(3 * time.Second):
+		m.kill()
+		<-m.exited
+	}
+	if m.qmp != nil {
+		m.qmp.Close()
+	}
+	close(m.stopWatch)
+	os.RemoveAll(m.runDir)
+	return nil
+}
+
+// Snapshot implements Machine. The guest is stopped only while the disk is
+// switched to the new overlay and the device state is captured; RAM is
+// saved in the background (background-snapshot: userfaultfd write
+// protection copies a page before the guest changes it).
+func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay string) (SnapshotResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var res SnapshotResult
+	if m.closed {
+		return res, errors.New("snapshot: machine closed")
+	}
+	ctx, cancel := m.untilExit(ctx)
+	defer cancel()
+	start := time.Now()
+
+	absNext, err := filepath.Abs(nextOverlay)
+	if err != nil {
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
+	_, size, err := diskFormat(m.overlay)
+	if err != nil {
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
+	// Created before the pause: qemu-img create -u does not open the
+	// (locked, in use) current overlay.
+	if err := m.q.createOverlay(ctx, absNext, m.overlay, "qcow2", size, true); err != nil {
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
+	tmp := statePath + ".tmp-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	cleanup := func() {
+		os.Remove(tmp)
+	}
+
+	bg := true
+	if err := m.qmp.Execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "background-snapshot", "state": true}},
+	}, nil); err != nil {
+		bg = false
+	}
+
+	events, unsub := m.qmp.Subscribe()
+	defer unsub()
+
+	pauseStart := time.Now()
+	if err := m.qmp.Execute(ctx, "stop", nil, nil); err != nil {
+		os.Remove(absNext)
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: %w", err))
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			rctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = m.qmp.Execute(rctx, "cont", nil, nil)
+			c()
+			resumed = true
+		}
+	}
+	defer resume()
+
+	m.seq++
+	node := "ov" + strconv.Itoa(m.seq)
+	if err := m.qmp.Execute(ctx, "blockdev-add", map[string]any{
+		"driver": "qcow2", "node-name": node, "discard": "unmap",
+		"file":    map[string]any{"driver": "file", "filename": absNext},
+		"backing": nil,
+	}, nil); err != nil {
+		os.Remove(absNext)
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: add overlay: %w", err))
+	}
+	if err := m.qmp.Execute(ctx, "blockdev-snapshot", map[string]any{"node": m.node, "overlay": node}, nil); err != nil {
+		_ = m.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+		os.Remove(absNext)
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: switch overlay: %w", err))
+	}
+	frozen := m.overlay
+	m.overlay, m.node = absNext, node
+
+	uri := "exec:zstd -1 -T0 -q > " + shellQuote(tmp)
+	if err := m.qmp.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil && bg {
+		// Capability accepted but the migration refused: retry paused.
+		bg = false
+		_ = m.qmp.Execute(ctx, "migrate-set-capabilities", map[string]any{
+			"capabilities": []map[string]any{{"capability": "background-snapshot", "state": false}},
+		}, nil)
+		if err2 := m.qmp.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err2 != nil {
+			cleanup()
+			return res, m.wrapDied(ctx, fmt.Errorf("snapshot: migrate: %w", err2))
+		}
+	} else if err != nil {
+		cleanup()
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: migrate: %w", err))
+	}
+
+	if bg {
+		// QEMU 7.2 restarts the guest itself once devices are saved and
+		// RAM is write-protected (a RESUME event); a later QEMU restores
+		// the prior run state (paused), then we resume when the state
+		// is complete.
+		if err := waitEvent(ctx, events, "RESUME", 2*time.Second); err == nil {
+			resumed = true
+			res.Pause = time.Since(pauseStart)
+		} else if ctx.Err() != nil {
+			cleanup()
+			return res, m.wrapDied(ctx, fmt.Errorf("snapshot: %w", context.Cause(ctx)))
+		}
+	}
+	if err := m.waitMigration(ctx, 10*time.Millisecond); err != nil {
+		cleanup()
+		if ctx.Err() != nil {
+			_ = m.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
+		}
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: save state: %w", err))
+	}
+	if !resumed {
+		resume()
+		res.Pause = time.Since(pauseStart)
+	}
+	// The exec'd compressor may still be flushing after QEMU reports
+	// completion: QEMU waits for the child when closing the pipe, so the
+	// file is complete here; sync it and the frozen layer.
+	if err := syncFile(tmp); err != nil {
+		cleanup()
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
+	if err := syncFile(frozen); err != nil {
+		cleanup()
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
+	if err := os.Rename(tmp, statePath); err != nil {
+		cleanup()
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
+	if err := syncDir(filepath.Dir(statePath)); err != nil {
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
+	res.Total = time.Since(start)
+	res.StateBytes = diskUsage(statePath)
+	res.DiskBytes = diskUsage(frozen)
+	return res, nil
+}
+
+func waitEvent(ctx context.Context, events <-chan QMPEvent, name string, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return errors.New("qmp closed")
+			}
+			if ev.Name == name {
+				return nil
+			}
+		case <-t.C:
+			return fmt.Errorf("no %s event within %s", name, timeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	return syncFile(dir)
+}
+
+// diskUsage is the bytes a file occupies on disk (sparse files count less).
+func diskUsage(path string) int64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
