@@ -59,6 +59,8 @@ type Layer struct {
 	Layerfile   string `json:"layerfile,omitempty"`
 	Step        int    `json:"step"`
 	Instruction string `json:"instruction,omitempty"`
+	// Checkpoint is the name given by a named CHECKPOINT.
+	Checkpoint string `json:"checkpoint,omitempty"`
 	// Reads maps repository paths (slash-separated, relative to the repo
 	// root) to the content digest each had when the steps up to this one
 	// read it. The layer is reusable only while all of them still match.
@@ -131,11 +133,14 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Prepare creates an active layer on top of parent ("" for the base image).
+// Prepare creates an active layer on top of parent ("" for the base
+// image). The parent is committed, or active and about to be committed.
 func (s *Store) Prepare(parent string) (*Active, error) {
 	if parent != "" {
-		if _, err := s.Get(parent); err != nil {
-			return nil, fmt.Errorf("prepare on %s: %w", parent, err)
+		// The parent may still be active: a running VM's overlay becomes
+		// the parent of the next one at the moment it is frozen.
+		if _, err := os.Stat(s.layerDir(parent)); err != nil {
+			return nil, fmt.Errorf("prepare on %s: %w", parent, ErrNotFound)
 		}
 	}
 	id := newID()
