@@ -245,3 +245,35 @@ func (h *harness) logOf(layer, path string) string {
 	}
 	return m.(*fakeMachine).fs[path]
 }
+
+func TestRepeatableResumesPastCopiesWithTodaysFiles(t *testing.T) {
+	h := newHarness(t)
+	lf := "FROM vm/debian:12\nRUN echo deps >> /log\nCOPY app /app\nWORKDIR /app\nRUN REPEATABLE echo build >> /log\n"
+	h.write("app/main.go", "v1")
+	h.write("app/old.go", "old")
+	h.run(lf, nil)
+	restores := h.hv.restores
+	h.write("app/main.go", "v2")
+	os.Remove(filepath.Join(h.repo, "app/old.go"))
+	h.write("app/new.go", "new")
+	r := h.run(lf, nil)
+	if r.Status != Passed || statuses(r) != "reused reused reused ran" {
+		t.Fatalf("%s %s %s", r.Status, statuses(r), r.Error)
+	}
+	if h.hv.restores != restores+1 || h.hv.boots != 1 {
+		t.Fatalf("restores %d boots %d: want exactly one restore of the REPEATABLE state", h.hv.restores-restores, h.hv.boots)
+	}
+	m, _ := h.hv.Restore(context.Background(), vm.Image{}, vm.SnapshotFiles{State: h.st.StatePath(r.FinalLayer)}, filepath.Join(t.TempDir(), "o"), vm.Spec{})
+	fs := m.(*fakeMachine).fs
+	if fs["/app/main.go"] != "v2" || fs["/app/new.go"] != "new" || fs["/log"] != "deps\nbuild\nbuild\n" {
+		t.Fatalf("guest files %v", fs)
+	}
+	if _, ok := fs["/app/old.go"]; ok {
+		t.Fatal("deleted file still in the guest")
+	}
+	// Nothing changed now: everything reused.
+	r = h.run(lf, nil)
+	if statuses(r) != "reused reused reused reused" {
+		t.Fatalf("third run %s", statuses(r))
+	}
+}

@@ -133,6 +133,19 @@ func (r *runner) run(ctx context.Context) error {
 		r.base, r.clean = "", true
 	}
 
+	// A RUN REPEATABLE step resumes from its own saved state, which holds
+	// everything the steps above it did in its last run. When only COPY and
+	// other steps that merely place files or set state stand between the
+	// restore point and it, they need not run: putting today's files in
+	// place in that state is the same as running them.
+	if k, ok := r.repeatableJump(restoreAt); ok {
+		for _, s := range p.steps[restoreAt:k] {
+			r.report(s, StatusReused, fmt.Sprintf("held by the RUN REPEATABLE state of line %d; today's files are put in place", p.steps[k].ins.Pos.Line), 0, "")
+		}
+		restoreAt = k
+		r.base, r.clean = "", true
+	}
+
 	var firstRan *step
 	for _, s := range p.steps[restoreAt:] {
 		reason := r.reasonFor(s, firstRan)
@@ -184,6 +197,38 @@ func (r *runner) run(ctx context.Context) error {
 	r.result.Status = Passed
 	return nil
 }
+
+// placementOnly are the directives whose effect a RUN REPEATABLE state
+// below them already holds, up to file contents.
+var placementOnly = map[layerfile.Kind]bool{
+	layerfile.Copy: true, layerfile.Workdir: true, layerfile.User: true, layerfile.Env: true,
+	layerfile.BuildEnv: true, layerfile.SecretEnv: true, layerfile.SetupFile: true,
+	layerfile.Label: true, layerfile.Memory: true, layerfile.Checkpoint: true,
+}
+
+// repeatableJump finds a RUN REPEATABLE step with saved state that can be
+// resumed directly from the restore point at.
+func (r *runner) repeatableJump(at int) (int, bool) {
+	if r.cfg.Fresh {
+		return 0, false
+	}
+	for k := at; k < len(r.plan.steps); k++ {
+		s := r.plan.steps[k]
+		if s.ins.Kind == layerfile.RunRepeatable {
+			if k == at {
+				return 0, false // it runs next anyway
+			}
+			l, ok := r.cfg.Store.Repeatable(r.repeatableScope(), string(s.textKey), r.job.Branch, r.job.DefaultBranch)
+			return k, ok && l.MachineArgs == r.args
+		}
+		if !placementOnly[s.ins.Kind] || s.skip {
+			return 0, false
+		}
+	}
+	return 0, false
+}
+
+func (r *runner) repeatableScope() string { return r.job.Scope + "/" + r.job.Rel }
 
 // sameAsPrevious reports whether s is a host-only step that the previous
 // run also had, with the same key.
@@ -307,7 +352,7 @@ func (r *runner) executeRepeatable(ctx context.Context, s *step) (string, error)
 	var prevState store.Layer
 	found := false
 	if !r.cfg.Fresh {
-		prevState, found = st.Repeatable(r.job.Scope+"/"+r.job.Rel, string(s.textKey), r.job.Branch, r.job.DefaultBranch)
+		prevState, found = st.Repeatable(r.repeatableScope(), string(s.textKey), r.job.Branch, r.job.DefaultBranch)
 		if found && prevState.MachineArgs != r.args {
 			found = false
 		}
@@ -338,7 +383,7 @@ func (r *runner) executeRepeatable(ctx context.Context, s *step) (string, error)
 	if err != nil {
 		return "", err
 	}
-	if err := st.SetRepeatable(r.job.Scope+"/"+r.job.Rel, r.job.Branch, string(s.textKey), id); err != nil {
+	if err := st.SetRepeatable(r.repeatableScope(), r.job.Branch, string(s.textKey), id); err != nil {
 		return id, err
 	}
 	return id, nil
