@@ -170,6 +170,9 @@ func quotePrefixed(s, prefix string) string {
 
 // hasUnquotedBlank reports whether a raw value has a blank outside quotes.
 func hasUnquotedBlank(s string) bool {
+	if s == "" {
+		return false
+	}
 	toks, err := tokenize(s)
 	return err != nil || len(toks) != 1 || toks[0].off != 0 || len(toks[0].raw) != len(s)
 }
