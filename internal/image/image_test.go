@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -396,5 +397,15 @@ func TestLockWaits(t *testing.T) {
 	defer cancel()
 	if _, err := lockFile(cctx, path, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("cancelled wait: %v", err)
+	}
+}
+
+func TestScriptsParse(t *testing.T) {
+	for name, script := range map[string]string{"customize": customizeScript, "initramfs hook": initramfsHook} {
+		cmd := exec.Command("sh", "-n")
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s script: %v\n%s", name, err, out)
+		}
 	}
 }

@@ -223,24 +223,24 @@ func configFiles() map[string]string {
 const customizeScript = `#!/bin/sh
 set -eu
 root="$1"
-in() { chroot "$root" "$@"; }
-in systemctl enable systemd-networkd.service strata-agent.service >/dev/null 2>&1
-in systemctl set-default multi-user.target >/dev/null 2>&1
+ch() { chroot "$root" "$@"; }
+ch systemctl enable systemd-networkd.service strata-agent.service >/dev/null 2>&1
+ch systemctl set-default multi-user.target >/dev/null 2>&1
 # Nothing periodic or slow at boot under TCG.
 for u in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
 	e2scrub_reap.service fstrim.timer dpkg-db-backup.timer logrotate.timer \
 	systemd-timesyncd.service motd-news.timer systemd-journal-flush.service \
 	unattended-upgrades.service getty@tty1.service; do
-	in systemctl mask "$u" >/dev/null 2>&1
+	ch systemctl mask "$u" >/dev/null 2>&1
 done
-in passwd -d root >/dev/null
+ch passwd -d root >/dev/null
 mkdir -p "$root/usr/local/bin"
 # The initramfs must hold the drivers for the root disk and the agent port.
 n=0
 for k in "$root"/boot/vmlinuz-*; do
 	v="${k##*/vmlinuz-}"
 	[ -f "$root/boot/initrd.img-$v" ] || { echo "E: no initramfs for kernel $v" >&2; exit 1; }
-	list="$(in lsinitramfs "/boot/initrd.img-$v")"
+	list="$(ch lsinitramfs "/boot/initrd.img-$v")"
 	for m in ` + "virtio_pci virtio_blk virtio_console virtio_net ext4" + `; do
 		if ! printf '%s\n' "$list" | grep -q "/$m\.ko" &&
 			! grep -q "/$m\.ko" "$root/lib/modules/$v/modules.builtin" 2>/dev/null; then
