@@ -112,12 +112,14 @@ type StepReport struct {
 
 // Result is the outcome of one Layerfile.
 type Result struct {
-	Layerfile string       `json:"layerfile"`
-	Runner    string       `json:"runner"`
-	Status    string       `json:"status"`
-	Error     string       `json:"error,omitempty"`
-	Steps     []StepReport `json:"steps"`
-	Seconds   float64      `json:"seconds"`
+	Layerfile string `json:"layerfile"`
+	// Path is the Layerfile's absolute path on the host.
+	Path    string       `json:"path"`
+	Runner  string       `json:"runner"`
+	Status  string       `json:"status"`
+	Error   string       `json:"error,omitempty"`
+	Steps   []StepReport `json:"steps"`
+	Seconds float64      `json:"seconds"`
 	// FinalLayer is the snapshot of the Layerfile's final state, if any.
 	FinalLayer string    `json:"final_layer,omitempty"`
 	Started    time.Time `json:"started"`

@@ -45,7 +45,7 @@ type runner struct {
 func Run(ctx context.Context, cfg *Config, job *Job) Result {
 	start := time.Now()
 	r := &runner{cfg: cfg, job: job, owners: map[string]repofiles.Owner{}}
-	r.result = Result{Layerfile: job.Rel, Runner: job.Runner, Started: start.UTC()}
+	r.result = Result{Layerfile: job.Rel, Path: filepath.Join(job.RepoRoot, filepath.FromSlash(job.Rel)), Runner: job.Runner, Started: start.UTC()}
 	err := r.run(ctx)
 	r.close()
 	r.result.Seconds = time.Since(start).Seconds()
@@ -462,6 +462,8 @@ func (r *runner) snapshot(ctx context.Context, s *step) (string, error) {
 		Depth:        depth,
 		Key:          string(s.key),
 		MachineArgs:  r.args,
+		MemoryMB:     r.spec.MemoryMB,
+		CPUs:         r.spec.CPUs,
 		AgentVersion: version.Version,
 		Layerfile:    r.job.Rel,
 		Step:         s.index,

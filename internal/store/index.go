@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -126,6 +127,32 @@ func (s *Store) LoadRun(scope string, report any) error {
 		return fmt.Errorf("no run recorded for this repository yet: %w", ErrNotFound)
 	}
 	return err
+}
+
+// Runs calls fn with the decoder of every saved run report, newest first.
+func (s *Store) Runs(fn func(load func(report any) error) bool) {
+	dir := filepath.Join(s.root, "runs")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	type item struct {
+		path string
+		mod  int64
+	}
+	var items []item
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && filepath.Ext(e.Name()) == ".json" {
+			items = append(items, item{filepath.Join(dir, e.Name()), fi.ModTime().UnixNano()})
+		}
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].mod > items[j].mod })
+	for _, it := range items {
+		p := it.path
+		if !fn(func(report any) error { return fsutil.ReadJSON(p, report) }) {
+			return
+		}
+	}
 }
 
 // CacheDir is where the saved content of CACHE directories for scope lives.

@@ -53,7 +53,10 @@ type Layer struct {
 	Key string `json:"key"`
 	// MachineArgs fingerprints the hypervisor and device arguments; a
 	// restore with other arguments is a miss.
-	MachineArgs  string `json:"machine_args"`
+	MachineArgs string `json:"machine_args"`
+	// MemoryMB and CPUs are the VM shape a restore must use.
+	MemoryMB     int    `json:"memory_mb"`
+	CPUs         int    `json:"cpus"`
 	AgentVersion string `json:"agent_version,omitempty"`
 	// Where it came from, for ls and explain.
 	Layerfile   string `json:"layerfile,omitempty"`

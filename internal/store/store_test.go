@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func commitLayer(t *testing.T, s *Store, parent, key string) Layer {
@@ -131,5 +132,43 @@ func TestSafeName(t *testing.T) {
 		if filepath.Base(got) != got || got == s || got[0] == '.' {
 			t.Fatalf("safeName(%q) = %q", s, got)
 		}
+	}
+}
+
+func TestGCRemovesUnfinishedThenLeastRecentlyUsedLeaves(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	half, _ := s.Prepare("")
+	os.WriteFile(half.Overlay(), make([]byte, 4096), 0o644)
+	base := commitLayer(t, s, "", "k1")
+	old := commitLayer(t, s, base.ID, "k2")
+	recent := commitLayer(t, s, base.ID, "k3")
+	s.Touch(recent.ID)
+	past := time.Now().Add(-time.Hour)
+	os.Chtimes(filepath.Join(s.layerDir(old.ID), metaFile), past, past)
+
+	one := old.DiskBytes + old.StateBytes
+	res, err := s.GC(2 * one)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Unfinished != 1 || res.Removed != 1 {
+		t.Fatalf("%+v", res)
+	}
+	if _, err := s.Get(old.ID); err == nil {
+		t.Fatal("the least recently used leaf survived")
+	}
+	for _, id := range []string{base.ID, recent.ID} {
+		if _, err := s.Get(id); err != nil {
+			t.Fatalf("%s removed: %v", id, err)
+		}
+	}
+	// A limit of zero empties the store, children before parents.
+	if _, err := s.GC(0); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	s.Walk(func(Layer) error { n++; return nil })
+	if n != 0 {
+		t.Fatalf("%d layers left", n)
 	}
 }

@@ -1,0 +1,389 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-ci/strata/internal/engine"
+	"github.com/strata-ci/strata/internal/layerfile"
+	"github.com/strata-ci/strata/internal/mask"
+	"github.com/strata-ci/strata/internal/plan"
+	"github.com/strata-ci/strata/internal/runenv"
+)
+
+func init() { commandRegistry = append(commandRegistry, newRunCmd) }
+
+type runFlags struct {
+	output      string
+	fresh       bool
+	secrets     []string
+	secretsFile string
+	jobs        int
+	noCacheDirs bool
+	acceptBtns  bool
+}
+
+func newRunCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [repository]",
+		Short: "Run every Layerfile of a repository, reusing snapshots from earlier runs",
+		Long: `Run finds every file named Layerfile below the repository folder (default: the
+current folder), checks them all, and runs each in its own VM. After every step
+the whole VM is snapshotted; the next run restores the deepest snapshot it can
+trust and executes only from there.
+
+Exit codes: 0 every Layerfile passed, 1 one failed, 2 bad Layerfile or flags,
+3 infrastructure error (no QEMU, no space, a VM that died).`,
+		Example: `  strata run
+  strata run examples/docker
+  strata run --secret NPM_TOKEN --output json .`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			root := "."
+			if len(args) == 1 {
+				root = args[0]
+			}
+			return runRepository(cmd, root, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.output, "output", "auto", "output format: auto, plain or json (one JSON object per line)")
+	fl.BoolVar(&f.fresh, "fresh", false, "ignore the state RUN REPEATABLE steps kept from earlier runs")
+	fl.StringArrayVar(&f.secrets, "secret", nil, "a secret for SECRET ENV: NAME=VALUE, or NAME to read it from the environment (repeatable)")
+	fl.StringVar(&f.secretsFile, "secrets-file", "", "file of NAME=VALUE lines with secrets for SECRET ENV")
+	fl.IntVar(&f.jobs, "jobs", 0, "Layerfiles run at once (default: what the host's cores and memory allow)")
+	fl.BoolVar(&f.noCacheDirs, "no-cache-dirs", false, "ignore CACHE directories")
+	fl.BoolVar(&f.acceptBtns, "accept-buttons", false, "approve every BUTTON without asking")
+	return cmd
+}
+
+// parseSecrets collects secret values from flags and a file.
+func parseSecrets(flags []string, file string) (map[string]string, error) {
+	out := map[string]string{}
+	if file != "" {
+		fh, err := os.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("secrets file: %w", err)
+		}
+		defer fh.Close()
+		sc := bufio.NewScanner(fh)
+		for n := 1; sc.Scan(); n++ {
+			line := strings.TrimSpace(sc.Text())
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			k, v, ok := strings.Cut(line, "=")
+			if !ok || k == "" {
+				return nil, fmt.Errorf("%s:%d: expected NAME=VALUE", file, n)
+			}
+			out[strings.TrimSpace(k)] = v
+		}
+		if err := sc.Err(); err != nil {
+			return nil, fmt.Errorf("secrets file: %w", err)
+		}
+	}
+	for _, s := range flags {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok {
+			env, found := os.LookupEnv(k)
+			if !found {
+				return nil, fmt.Errorf("--secret %s: no such environment variable (use --secret %s=VALUE)", k, k)
+			}
+			v = env
+		}
+		if k == "" {
+			return nil, fmt.Errorf("--secret %q: expected NAME=VALUE or NAME", s)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// runEvent is one line of --output json.
+type runEvent struct {
+	Event       string  `json:"event"`
+	Layerfile   string  `json:"layerfile,omitempty"`
+	Runner      string  `json:"runner,omitempty"`
+	Index       *int    `json:"index,omitempty"`
+	Line        int     `json:"line,omitempty"`
+	Instruction string  `json:"instruction,omitempty"`
+	Status      string  `json:"status,omitempty"`
+	Seconds     float64 `json:"seconds"`
+	Reason      string  `json:"reason,omitempty"`
+	Message     string  `json:"message,omitempty"`
+	Text        string  `json:"text,omitempty"`
+	Error       string  `json:"error,omitempty"`
+}
+
+// reporter prints events and output in the chosen format.
+type reporter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	json   bool
+	masker *mask.Masker
+}
+
+func (r *reporter) emit(ev runEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ev.Instruction = r.masker.String(ev.Instruction)
+	ev.Reason = r.masker.String(ev.Reason)
+	ev.Message = r.masker.String(ev.Message)
+	ev.Error = r.masker.String(ev.Error)
+	if r.json {
+		b, _ := json.Marshal(ev)
+		fmt.Fprintf(r.w, "%s\n", b)
+		return
+	}
+	prefix := "[" + ev.Runner + "]"
+	switch ev.Event {
+	case "step-start":
+		fmt.Fprintf(r.w, "%s #%d %s  (%s)\n", prefix, *ev.Index, ev.Instruction, ev.Reason)
+	case "step":
+		switch ev.Status {
+		case engine.StatusReused:
+			fmt.Fprintf(r.w, "%s #%d reused   %s\n", prefix, *ev.Index, ev.Instruction)
+		case engine.StatusSkipped:
+			fmt.Fprintf(r.w, "%s #%d skipped  %s\n", prefix, *ev.Index, ev.Instruction)
+		default:
+			fmt.Fprintf(r.w, "%s #%d %-7s  %s  %.1fs\n", prefix, *ev.Index, ev.Status, ev.Instruction, ev.Seconds)
+		}
+	case "info":
+		fmt.Fprintf(r.w, "%s %s\n", prefix, ev.Message)
+	case "output":
+		fmt.Fprintf(r.w, "%s | %s\n", prefix, strings.TrimRight(ev.Text, "\n"))
+	case "layerfile":
+		line := fmt.Sprintf("%s %s: %s in %.1fs", prefix, ev.Layerfile, ev.Status, ev.Seconds)
+		if ev.Error != "" {
+			line += ": " + ev.Error
+		}
+		fmt.Fprintln(r.w, line)
+	case "run":
+		fmt.Fprintf(r.w, "run %s in %.1fs\n", ev.Status, ev.Seconds)
+	}
+}
+
+// lineWriter turns a runner's output stream into "output" events, one per
+// line (masked by the reporter's masker before it is split).
+type lineWriter struct {
+	rep    *reporter
+	runner string
+	file   string
+	buf    []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := strings.IndexByte(string(w.buf), '\n')
+		if i < 0 {
+			break
+		}
+		w.rep.emit(runEvent{Event: "output", Runner: w.runner, Layerfile: w.file, Text: string(w.buf[:i])})
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+func (w *lineWriter) Flush() {
+	if len(w.buf) > 0 {
+		w.rep.emit(runEvent{Event: "output", Runner: w.runner, Layerfile: w.file, Text: string(w.buf)})
+		w.buf = nil
+	}
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+func runRepository(cmd *cobra.Command, root string, f runFlags) error {
+	switch f.output {
+	case "auto", "plain", "json":
+	default:
+		return withExit(2, fmt.Errorf("--output %q: expected auto, plain or json", f.output))
+	}
+	secrets, err := parseSecrets(f.secrets, f.secretsFile)
+	if err != nil {
+		return withExit(2, err)
+	}
+	masked := make([]string, 0, len(secrets))
+	for _, v := range secrets {
+		masked = append(masked, v)
+	}
+	rep := &reporter{w: cmd.OutOrStdout(), json: f.output == "json", masker: mask.New(masked)}
+	start := time.Now()
+
+	absRoot, err := filepath.Abs(root)
+	if err != nil {
+		return withExit(2, err)
+	}
+	if fi, err := os.Stat(absRoot); err != nil || !fi.IsDir() {
+		return withExit(2, fmt.Errorf("%s is not a folder", root))
+	}
+	repo, diags, err := plan.Load(absRoot)
+	if err != nil {
+		return withExit(3, err)
+	}
+	for _, d := range diags {
+		if !rep.json {
+			fmt.Fprintln(cmd.ErrOrStderr(), d.String())
+		}
+	}
+	if layerfile.HasErrors(diags) {
+		rep.emit(runEvent{Event: "run", Status: "bad Layerfile", Seconds: time.Since(start).Seconds(), Error: fmt.Sprintf("%d error(s) in Layerfiles", countErrors(diags))})
+		return withExit(2, fmt.Errorf("bad Layerfile: fix the errors above (strata lint shows them)"))
+	}
+	if len(repo.Files) == 0 {
+		return withExit(2, fmt.Errorf("no Layerfile found below %s", root))
+	}
+
+	a, err := openApp(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	unlock, err := a.store.LockShared()
+	if err != nil {
+		return withExit(3, err)
+	}
+	defer unlock()
+
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	info := runenv.Inspect(absRoot)
+	jobID := runenv.NewJobID()
+	jobs := f.jobs
+	if jobs <= 0 {
+		jobs = defaultJobs()
+	}
+
+	results := make([]engine.Result, len(repo.Files))
+	sem := make(chan struct{}, jobs)
+	var wg sync.WaitGroup
+	for i, lf := range repo.Files {
+		rel, _ := filepath.Rel(absRoot, lf.Path)
+		rel = filepath.ToSlash(rel)
+		runner := runnerName(lf, rel)
+		out := &lineWriter{rep: rep, runner: runner, file: rel}
+		maskedOut := rep.masker.Writer(out)
+		cfg := &engine.Config{
+			Store:        a.store,
+			Hypervisor:   a.hv,
+			ResolveImage: a.resolveImage,
+			Salt:         a.salt,
+			Secrets:      secrets,
+			LookupEnv:    os.LookupEnv,
+			Fresh:        f.fresh,
+			NoCacheDirs:  f.noCacheDirs,
+			Output:       maskedOut,
+			Events: func(e engine.Event) {
+				maskedOut.Flush()
+				out.Flush()
+				idx := e.Index
+				rep.emit(runEvent{Event: e.Kind, Layerfile: e.Layerfile, Runner: e.Runner, Index: &idx, Line: e.Line,
+					Instruction: e.Instruction, Status: e.Status, Seconds: e.Seconds, Reason: e.Reason, Message: e.Message})
+			},
+		}
+		job := &engine.Job{
+			RepoRoot: absRoot, File: lf, Rel: rel, Scope: info.Scope,
+			Branch: info.Branch, DefaultBranch: info.DefaultBranch,
+			Env:    runenv.Builtins(info, jobID, runner, 0, "localhost"),
+			Runner: runner,
+		}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			res := engine.Run(ctx, cfg, job)
+			maskedOut.Flush()
+			out.Flush()
+			results[i] = res
+			rep.emit(runEvent{Event: "layerfile", Layerfile: res.Layerfile, Runner: res.Runner, Status: res.Status, Seconds: res.Seconds, Error: res.Error})
+		}(i)
+	}
+	wg.Wait()
+
+	status, code := overall(results, ctx.Err() != nil)
+	rep.emit(runEvent{Event: "run", Status: status, Seconds: time.Since(start).Seconds()})
+	if code != 0 {
+		return withExit(code, fmt.Errorf("run %s", status))
+	}
+	return nil
+}
+
+func countErrors(ds []layerfile.Diagnostic) int {
+	n := 0
+	for _, d := range ds {
+		if d.Severity == layerfile.Error {
+			n++
+		}
+	}
+	return n
+}
+
+// runnerName is LABEL display_name, else the folder-derived name.
+func runnerName(f *layerfile.File, rel string) string {
+	for _, ins := range f.Instructions {
+		if ins.Kind == layerfile.Label && ins.Label.Key == "display_name" {
+			return ins.Label.Value
+		}
+	}
+	return runenv.RunnerName(rel)
+}
+
+// overall folds Layerfile results into the run status and exit code.
+func overall(results []engine.Result, interrupted bool) (string, int) {
+	worst := "passed"
+	code := 0
+	for _, r := range results {
+		switch r.Status {
+		case engine.Errored:
+			worst, code = "error", 3
+		case engine.Failed:
+			if code != 3 {
+				worst, code = "failed", 1
+			}
+		case engine.Cancelled:
+			if code == 0 {
+				worst, code = "cancelled", 1
+			}
+		}
+	}
+	if interrupted && code == 0 {
+		return "cancelled", 1
+	}
+	return worst, code
+}
+
+// defaultJobs is how many VMs the host can run at once: one per core, and
+// no more than memory allows at 2 GiB per VM plus headroom.
+func defaultJobs() int {
+	n := runtime.NumCPU()
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		mem := int(uint64(si.Totalram) * uint64(si.Unit) / (3 << 30))
+		if mem < n {
+			n = mem
+		}
+	}
+	if n < 1 {
+		n = 1
+	}
+	return n
+}
