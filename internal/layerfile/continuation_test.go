@@ -35,7 +35,14 @@ func TestEncodingAndContinuation(t *testing.T) {
 			name:     "blank line inside a continuation warns",
 			src:      "FROM vm/debian:12\nRUN a \\\n\n  && b\n",
 			wantText: []string{"FROM vm/debian:12", "RUN a   && b"},
-			wantDiag: []string{"L:3:1: warning: blank line inside the instruction continued from line 2: it is skipped and the next line still continues it (hint: remove the blank line, or the backslash at the end of the line above it if the instruction should end there)"},
+			wantDiag: []string{"L:3:1: warning: blank line inside the instruction continued from line 2: skipped, and the next line still continues it (hint: remove the blank line, or the backslash at the end of the line above it if the instruction should end there)"},
+			lastPos:  Pos{"L", 2, 1},
+		},
+		{
+			name:     "several blank lines inside a continuation warn once",
+			src:      "FROM vm/debian:12\nRUN a \\\n\n  \n\t\n  && b\n",
+			wantText: []string{"FROM vm/debian:12", "RUN a   && b"},
+			wantDiag: []string{"L:3:1: warning: 3 blank lines inside the instruction continued from line 2: skipped, and the next line still continues it (hint: remove the blank line, or the backslash at the end of the line above it if the instruction should end there)"},
 			lastPos:  Pos{"L", 2, 1},
 		},
 		{

@@ -60,10 +60,7 @@ func expandVar(b *strings.Builder, s string, i int, lookup func(string) (string,
 			return len(s)
 		}
 		inner := s[j+1 : end]
-		n := 0
-		for n < len(inner) && isName(inner[:n+1]) {
-			n++
-		}
+		n := nameLen(inner)
 		name, rest := inner[:n], inner[n:]
 		if name == "" {
 			b.WriteString(s[i : end+1])
@@ -98,10 +95,7 @@ func expandVar(b *strings.Builder, s string, i int, lookup func(string) (string,
 		}
 		return end + 1
 	}
-	k := j
-	for k < len(s) && isName(s[j:k+1]) {
-		k++
-	}
+	k := j + nameLen(s[j:])
 	if k == j {
 		b.WriteByte('$')
 		return j

@@ -173,10 +173,18 @@ func logicalLines(path string, lines []string) ([]*logicalLine, []Diagnostic) {
 			i++
 			l := lines[i]
 			if isBlank(l) {
+				first := i
+				for i+1 < len(lines) && isBlank(lines[i+1]) {
+					i++
+				}
+				what := "blank line"
+				if i > first {
+					what = fmt.Sprintf("%d blank lines", i-first+1)
+				}
 				diags = append(diags, Diagnostic{
-					Pos:      Pos{File: path, Line: i + 1, Col: 1},
+					Pos:      Pos{File: path, Line: first + 1, Col: 1},
 					Severity: Warning,
-					Message:  fmt.Sprintf("blank line inside the instruction continued from line %d: it is skipped and the next line still continues it", startLine+1),
+					Message:  fmt.Sprintf("%s inside the instruction continued from line %d: skipped, and the next line still continues it", what, startLine+1),
 					Hint:     "remove the blank line, or the backslash at the end of the line above it if the instruction should end there",
 				})
 				continue

@@ -312,10 +312,16 @@ func quoteShell(s string) string {
 
 // suggestKeyword returns the keyword closest to w (a likely typo), or "".
 func suggestKeyword(w string) string {
+	if len(w) > 12 {
+		return ""
+	}
 	up := strings.ToUpper(w)
 	best, bestD := "", 3
 	for _, k := range allKeywords {
-		first := strings.Fields(k)[0]
+		first, _, _ := strings.Cut(k, " ")
+		if l := len(up) - len(first); l > 2 || l < -2 {
+			continue
+		}
 		if d := editDistance(up, first); d < bestD && d <= len(first)/3 {
 			best, bestD = first, d
 		}
@@ -710,10 +716,7 @@ func (l *line) parseSkip() *SkipArgs {
 
 func (l *line) parseCond(t token) (Cond, bool) {
 	raw := t.raw
-	n := 0
-	for n < len(raw) && isName(raw[:n+1]) {
-		n++
-	}
+	n := nameLen(raw)
 	key := raw[:n]
 	op := ""
 	for _, o := range skipOps {
@@ -743,10 +746,7 @@ func (l *line) parseCond(t token) (Cond, bool) {
 	}
 	if amp := strings.IndexByte(val, '&'); amp >= 0 {
 		rest := val[amp+1:]
-		m := 0
-		for m < len(rest) && isName(rest[:m+1]) {
-			m++
-		}
+		m := nameLen(rest)
 		if m > 0 && strings.ContainsAny(rest[m:min(m+1, len(rest))], "=!") {
 			l.warnAt(t.off, fmt.Sprintf("SKIP REMAINING IF %s%s%s AND %s", key, op, quoteArg(val[:amp]), rest),
 				"the value of %s is %q: '&' does not join conditions", key, val)

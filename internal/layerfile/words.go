@@ -172,6 +172,18 @@ func quoteArg(s string) string {
 	return b.String()
 }
 
+// nameLen returns the length of the variable name at the start of s.
+func nameLen(s string) int {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '_' || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || (i > 0 && '0' <= c && c <= '9') {
+			continue
+		}
+		return i
+	}
+	return len(s)
+}
+
 // isName reports whether s is a variable name: [A-Za-z_][A-Za-z0-9_]*.
 func isName(s string) bool {
 	if s == "" {
