@@ -237,8 +237,24 @@ func (m *qemuMachine) wrapDied(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
+	if m.qmp != nil {
+		select {
+		case <-m.qmp.Done():
+			// The monitor went away: QEMU is exiting.
+			select {
+			case <-m.exited:
+			case <-time.After(2 * time.Second):
+			}
+		default:
+		}
+	}
+	select {
+	case <-m.exited:
+		return m.failure("QEMU exited", err)
+	default:
+	}
 	if errors.Is(context.Cause(ctx), errExited) {
-		return m.failure("guest", fmt.Errorf("%w: %v", ErrVMDied, err))
+		return m.failure("QEMU exited", err)
 	}
 	return err
 }
