@@ -270,3 +270,30 @@ func TestBadLayerfileExits2BeforeAnyVM(t *testing.T) {
 		t.Errorf("a bad Layerfile left %d layers", len(entries))
 	}
 }
+
+func TestCacheDirKeepsContentAcrossRuns(t *testing.T) {
+	c := newCLI(t)
+	repo := t.TempDir()
+	writeFile(t, filepath.Join(repo, "Layerfile"), `FROM vm/debian:12
+CACHE /var/cache/mine
+BUILD ENV N
+RUN echo "cache holds: $(ls /var/cache/mine | tr '\n' ' ')" && echo "$N" > /var/cache/mine/run-$N
+`)
+	t.Setenv("N", "1")
+	o := c.run(repo)
+	if o.code != 0 || !strings.Contains(o.output(), "cache holds: \n") {
+		t.Fatalf("first run: exit %d\n%s%s", o.code, o.output(), o.stderr)
+	}
+	// The step re-runs (BUILD ENV changed) in a VM that never saw run-1:
+	// the saved CACHE content is put back first.
+	t.Setenv("N", "2")
+	o = c.run(repo)
+	if o.code != 0 || !strings.Contains(o.output(), "cache holds: run-1 \n") {
+		t.Fatalf("second run: exit %d\n%s%s", o.code, o.output(), o.stderr)
+	}
+	t.Setenv("N", "3")
+	o = c.run(repo, "--no-cache-dirs")
+	if o.code != 0 || !strings.Contains(o.output(), "cache holds: \n") {
+		t.Fatalf("--no-cache-dirs: exit %d\n%s", o.code, o.output())
+	}
+}

@@ -223,7 +223,14 @@ func prepare(cfg *Config, job *Job, imageID, machineArgs string, digests *repofi
 		case layerfile.SetupFile:
 			cur.setupFiles = append(cur.setupFiles, ins.Paths.Paths...)
 		case layerfile.Cache:
-			cur.cacheDirs = append(cur.cacheDirs, ins.Paths.Paths...)
+			for _, d := range ins.Paths.Paths {
+				if !path.IsAbs(d) {
+					d = path.Join(cur.workdir, d)
+				}
+				if d = path.Clean(d); !contains(cur.cacheDirs, d) {
+					cur.cacheDirs = append(cur.cacheDirs, d)
+				}
+			}
 		case layerfile.Checkpoint:
 			if ins.Checkpoint.Disabled {
 				cur.noSnapshot = true

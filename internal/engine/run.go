@@ -37,7 +37,11 @@ type runner struct {
 	clean bool
 
 	owners map[string]repofiles.Owner
-	result Result
+	// cacheGen is the CACHE content generation the guest holds per
+	// directory; cacheFP the content fingerprint last saved or loaded.
+	cacheGen map[string]int64
+	cacheFP  map[string]string
+	result   Result
 }
 
 // Run runs one Layerfile to the end and returns its result. It never
@@ -280,6 +284,7 @@ func (r *runner) startFrom(ctx context.Context, layerID string) error {
 		return err
 	}
 	var m vm.Machine
+	r.cacheGen, r.cacheFP = map[string]int64{}, map[string]string{}
 	if layerID == "" {
 		r.emit(Event{Kind: "info", Message: "booting " + r.plan.image})
 		m, err = r.cfg.Hypervisor.Boot(ctx, r.img.Image, active.Overlay(), r.spec)
@@ -290,6 +295,7 @@ func (r *runner) startFrom(ctx context.Context, layerID string) error {
 			return gerr
 		}
 		r.emit(Event{Kind: "info", Message: "restoring snapshot " + layerID[:8] + " (" + l.Instruction + ")"})
+		r.cacheGen = restoredCacheGen(l)
 		m, err = r.cfg.Hypervisor.Restore(ctx, r.img.Image, vm.SnapshotFiles{
 			Disk: st.DiskPath(layerID), State: st.StatePath(layerID), MachineArgs: l.MachineArgs,
 		}, active.Overlay(), r.spec)
@@ -471,6 +477,7 @@ func (r *runner) snapshot(ctx context.Context, s *step) (string, error) {
 		Reads:        s.reads,
 		Files:        s.files,
 		Pause:        res.Pause,
+		CacheGen:     cloneMap(r.cacheGen),
 	}
 	if s.ins.Kind == layerfile.Checkpoint && s.ins.Checkpoint.Name != "" {
 		meta.Checkpoint = s.ins.Checkpoint.Name
@@ -490,6 +497,16 @@ func (r *runner) snapshot(ctx context.Context, s *step) (string, error) {
 
 // runInVM performs a step that changes the VM.
 func (r *runner) runInVM(ctx context.Context, s *step) error {
+	if err := r.syncCachesIn(ctx, s); err != nil {
+		return err
+	}
+	if err := r.runStep(ctx, s); err != nil {
+		return err
+	}
+	return r.saveCachesOut(ctx, s)
+}
+
+func (r *runner) runStep(ctx context.Context, s *step) error {
 	b := s.before
 	switch s.ins.Kind {
 	case layerfile.Run, layerfile.RunRepeatable:

@@ -1,0 +1,134 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/strata-ci/strata/internal/fsutil"
+	"github.com/strata-ci/strata/internal/store"
+	"github.com/strata-ci/strata/internal/vm"
+)
+
+// CACHE directories (SPEC §2) live outside the snapshot model: the host
+// keeps the latest saved content of each as a tar file with a generation
+// number. Before a step runs, a guest holding an older generation gets the
+// latest content; after the step succeeds, changed content is saved as a
+// new generation. Snapshots record which generation they hold, so a
+// restored VM knows whether it is behind.
+
+// cacheStore is where one Layerfile's CACHE content is kept on the host.
+type cacheStore struct{ dir string }
+
+func (r *runner) caches() cacheStore {
+	return cacheStore{dir: filepath.Join(r.cfg.Store.CacheDir(r.repeatableScope()))}
+}
+
+func (c cacheStore) base(guestDir string) string {
+	return filepath.Join(c.dir, strings.NewReplacer("/", "_", ".", "-").Replace(strings.Trim(guestDir, "/")))
+}
+
+// generation is the latest saved generation of guestDir (0: nothing saved).
+func (c cacheStore) generation(guestDir string) int64 {
+	b, err := os.ReadFile(c.base(guestDir) + ".gen")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// syncCachesIn gives the guest the latest saved content of every CACHE
+// directory in force where it holds an older one.
+func (r *runner) syncCachesIn(ctx context.Context, s *step) error {
+	if r.cfg.NoCacheDirs {
+		return nil
+	}
+	cs := r.caches()
+	for _, dir := range s.before.cacheDirs {
+		latest := cs.generation(dir)
+		if latest == 0 || r.cacheGen[dir] >= latest {
+			continue
+		}
+		f, err := os.Open(cs.base(dir) + ".tar")
+		if err != nil {
+			return fmt.Errorf("CACHE %s: %w", dir, err)
+		}
+		if err := r.rootScript(ctx, s, "rm -rf "+shellQuote(dir)+" && mkdir -p "+shellQuote(dir)); err != nil {
+			f.Close()
+			return err
+		}
+		err = r.m.CopyIn(ctx, "/", f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("CACHE %s: restore content: %w", dir, err)
+		}
+		r.cacheGen[dir] = latest
+		r.cacheFP[dir] = ""
+	}
+	return nil
+}
+
+// saveCachesOut saves CACHE directories whose content the step changed.
+func (r *runner) saveCachesOut(ctx context.Context, s *step) error {
+	if r.cfg.NoCacheDirs {
+		return nil
+	}
+	cs := r.caches()
+	if err := os.MkdirAll(cs.dir, 0o755); err != nil {
+		return err
+	}
+	for _, dir := range s.after.cacheDirs {
+		var fp bytes.Buffer
+		script := fmt.Sprintf("mkdir -p %[1]s && find %[1]s -printf '%%p %%s %%T@ %%m\\n' | sort | sha256sum", shellQuote(dir))
+		code, err := r.m.Run(ctx, vm.Exec{Argv: []string{"/bin/sh", "-c", script}, Env: baseEnv()}, &fp, io.Discard)
+		if err != nil || code != 0 {
+			return fmt.Errorf("CACHE %s: fingerprint: exit %d: %v", dir, code, err)
+		}
+		if r.cacheFP[dir] == fp.String() {
+			continue
+		}
+		tmp, err := os.CreateTemp(cs.dir, ".cache-*.tar")
+		if err != nil {
+			return err
+		}
+		rel := strings.TrimPrefix(dir, "/")
+		code, err = r.m.Run(ctx, vm.Exec{Argv: []string{"tar", "-C", "/", "-cf", "-", rel}, Env: baseEnv()}, tmp, io.Discard)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("tar exit %d", code)
+		}
+		if err == nil {
+			err = tmp.Sync()
+		}
+		tmp.Close()
+		if err != nil {
+			os.Remove(tmp.Name())
+			return fmt.Errorf("CACHE %s: save: %w", dir, err)
+		}
+		gen := cs.generation(dir) + 1
+		if err := os.Rename(tmp.Name(), cs.base(dir)+".tar"); err != nil {
+			os.Remove(tmp.Name())
+			return err
+		}
+		if err := fsutil.WriteFileAtomic(cs.base(dir)+".gen", []byte(strconv.FormatInt(gen, 10)), 0o644); err != nil {
+			return err
+		}
+		r.cacheGen[dir], r.cacheFP[dir] = gen, fp.String()
+		r.emit(Event{Kind: "info", Message: fmt.Sprintf("CACHE %s saved (generation %d)", dir, gen)})
+	}
+	return nil
+}
+
+// restoredCacheGen is the CACHE generations a restored layer holds.
+func restoredCacheGen(l store.Layer) map[string]int64 {
+	m := map[string]int64{}
+	for k, v := range l.CacheGen {
+		m[k] = v
+	}
+	return m
+}
