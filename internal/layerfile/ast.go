@@ -1,8 +1,3 @@
-// Package layerfile reads Layerfiles: it decodes the file (SPEC §1), joins
-// continued lines, parses every directive of SPEC §2 into an AST that keeps
-// each instruction's exact text and position, and reports every problem it
-// finds as a Diagnostic with a position, a message and, where a fix is likely,
-// a hint.
 package layerfile
 
 import "fmt"
