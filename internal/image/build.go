@@ -228,9 +228,11 @@ func ensureRootfs(ctx context.Context, cfg Config, l layout, d distro, spec root
 	}
 	if d.Keyring != "" {
 		if _, err := os.Stat(d.Keyring); err != nil {
-			return "", fmt.Errorf("%w: archive keyring %s for %s: install it with `apt-get install %s-keyring`, "+
-				"or alias the image in %s: {\"aliases\": {%q: \"vm/debian:12\"}}",
-				ErrMissingTool, d.Keyring, d.Name, d.Family, filepath.Join(cfg.Home, ConfigFileName), d.Name)
+			return "", fmt.Errorf("%w: %s is built from the %s mirror %s and needs its archive keyring at %s "+
+				"(package %s-keyring on %s hosts; Debian does not ship it: copy the file there), "+
+				"or map the image to one that builds here with an alias in %s: {\"aliases\": {%q: \"vm/debian:12\"}}",
+				ErrMissingTool, d.Name, d.Family, spec.Mirror, d.Keyring, d.Family, d.Family,
+				filepath.Join(cfg.Home, ConfigFileName), d.Name)
 		}
 	}
 	mode, err := chooseMode(ctx)
@@ -285,7 +287,11 @@ func ensureRootfs(ctx context.Context, cfg Config, l layout, d distro, spec root
 	p.printf("bootstrapping rootfs with mmdebstrap (mode %s, %s %s, %d packages); takes a minute or two", mode, spec.Mirror, spec.Suite, len(spec.Packages))
 	start := time.Now()
 	if err := runTool(ctx, p, mmdebstrapLine, append([]string{mmdebstrap}, args...)...); err != nil {
-		return "", fmt.Errorf("bootstrap rootfs: %w", err)
+		if d.Family != "debian" && ctx.Err() == nil {
+			return "", fmt.Errorf("bootstrap rootfs from %s (set \"%s_mirror\" in %s, or alias %q to \"vm/debian:12\" in its \"aliases\"): %w",
+				spec.Mirror, d.Family, filepath.Join(cfg.Home, ConfigFileName), d.Name, err)
+		}
+		return "", fmt.Errorf("bootstrap rootfs from %s: %w", spec.Mirror, err)
 	}
 	recipe, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
