@@ -2,7 +2,9 @@ package layerfile
 
 import (
 	"fmt"
+	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // checkFile runs the checks that look at the whole file: FROM placement,
@@ -22,6 +24,57 @@ func (p *parser) checkFile(empty bool) {
 	p.checkFrom()
 	p.checkMemory()
 	p.checkServers()
+	p.checkSkipVariables()
+}
+
+// builtinVariables are the variables every step sees (SPEC §4).
+var builtinVariables = []string{"CI", "CI_MACHINE", "IS_CI_MACHINE", "IN_CI_MACHINE", "IN_CI",
+	"DEBIAN_FRONTEND", "GIT_BRANCH", "SUBDOMAIN", "GIT_COMMIT", "GIT_SHORT_COMMIT", "GIT_TAG",
+	"GIT_COMMIT_TITLE", "JOB_ID", "RUNNER_ID", "RETRY_INDEX", "REPOSITORY_NAME", "REPOSITORY_OWNER",
+	"EXPOSE_WEBSITE_HOST", "SPLIT", "SPLIT_NUM", "LAYERCI", "LAYERCI_JOB_ID", "LAYERCI_RUNNER_ID",
+	"LAYERCI_BRANCH", "LAYERCI_REPO_NAME", "LAYERCI_REPO_OWNER"}
+
+// checkSkipVariables warns when a SKIP REMAINING IF condition tests a
+// variable that nothing sets but whose name is close to a built-in one
+// (LAYER_CI_BRANCH for LAYERCI_BRANCH): the condition would never hold.
+func (p *parser) checkSkipVariables() {
+	defined := map[string]bool{}
+	for _, s := range p.seen {
+		in := s.inst
+		if in == nil {
+			continue
+		}
+		switch in.Kind {
+		case Env:
+			for _, pair := range in.Env.Pairs {
+				defined[pair.Key] = true
+			}
+		case BuildEnv, SecretEnv:
+			for _, n := range in.Names.Names {
+				defined[n] = true
+			}
+		case SkipRemainingIf:
+			for _, c := range in.Skip.Conds {
+				if defined[c.Key] || slices.Contains(builtinVariables, c.Key) || len(c.Key) < 4 {
+					continue
+				}
+				for _, b := range builtinVariables {
+					if len(b) >= 4 && editDistance(c.Key, b) <= 2 {
+						pos := in.Pos
+						kw := len(in.Kind.String())
+						if !strings.Contains(in.Source, "\n") {
+							if i := strings.Index(in.Text[kw:], c.Key); i >= 0 {
+								pos.Col += utf8.RuneCountInString(in.Text[:kw+i])
+							}
+						}
+						p.add(pos, Warning, "SKIP REMAINING IF "+strings.Replace(in.Text[kw:], c.Key, b, 1)[1:],
+							"%s is not set by strata or by this Layerfile; did you mean %s?", c.Key, b)
+						break
+					}
+				}
+			}
+		}
+	}
 }
 
 func (p *parser) add(pos Pos, sev Severity, hint, format string, a ...any) {

@@ -52,7 +52,11 @@
 //   - SKIP REMAINING IF: a value containing "&NAME=" or "&NAME!=" (as in
 //     "A=x&B=y") is a warning hinting AND; "OR", "&&", "||" are errors.
 //   - Warnings: MEMORY after the first RUN*; a foreground RUN of a known
-//     server command (see ForegroundServer) when an EXPOSE WEBSITE follows.
+//     server command (see ForegroundServer) when an EXPOSE WEBSITE follows;
+//     "RUN BACKGROUD x" (a modifier misspelt by at most two letters); a SKIP
+//     REMAINING IF variable that no ENV/BUILD ENV/SECRET ENV of the file sets
+//     and whose name is within two letters of a built-in one
+//     (LAYER_CI_BRANCH for LAYERCI_BRANCH).
 //   - FROM placement: a file without instructions, without FROM, with an
 //     instruction before FROM, or with a second FROM is an error. Lines whose
 //     keyword was recognised count for these checks even if their

@@ -352,6 +352,22 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
+// checkMisspeltRun warns when "RUN BACKGROUD x" was meant as RUN BACKGROUND.
+func (l *line) checkMisspeltRun() {
+	w, end := firstWord(l.args, 0)
+	rest := strings.TrimLeft(l.args[end:], " \t")
+	if len(w) < 6 || len(w) > 12 || strings.ToUpper(w) != w || rest == "" {
+		return
+	}
+	for _, mod := range []string{"BACKGROUND", "REPEATABLE"} {
+		if editDistance(w, mod) <= 2 {
+			l.warnAt(0, "RUN "+mod+" "+rest,
+				"%q looks like a misspelt RUN %s; as written it runs as a shell command", w, mod)
+			return
+		}
+	}
+}
+
 // tokens splits the arguments into words, reporting an unterminated quote.
 func (l *line) tokens() ([]token, bool) {
 	toks, err := tokenize(l.args)
@@ -371,6 +387,9 @@ func (l *line) parseArgs(inst *Instruction) {
 			l.errAt(0, l.kw+" <command>, e.g. "+l.kw+" make test", "%s needs a command", l.kw)
 		}
 		inst.Run = &RunArgs{Command: l.args}
+		if inst.Kind == Run {
+			l.checkMisspeltRun()
+		}
 	case Copy:
 		inst.Copy = l.parseCopy()
 	case Env:

@@ -75,7 +75,7 @@ func TestValidDirectives(t *testing.T) {
 		{"CHECKPOINT # here", Checkpoint, &CheckpointArgs{}, "CHECKPOINT"},
 		// SKIP REMAINING IF
 		{"SKIP REMAINING IF LAYERCI_BRANCH=master", SkipRemainingIf, &SkipArgs{Conds: []Cond{{"LAYERCI_BRANCH", "=", "master"}}}, ""},
-		{"SKIP REMAINING IF LAYER_CI_BRANCH='main'", SkipRemainingIf, &SkipArgs{Conds: []Cond{{"LAYER_CI_BRANCH", "=", "main"}}}, ""},
+		{"SKIP REMAINING IF DEPLOY_TARGET='main'", SkipRemainingIf, &SkipArgs{Conds: []Cond{{"DEPLOY_TARGET", "=", "main"}}}, ""},
 		{`SKIP REMAINING IF A!=x AND B=~^v[0-9]+ AND C!=~"a b" AND D="#1"`, SkipRemainingIf, &SkipArgs{Conds: []Cond{
 			{"A", "!=", "x"}, {"B", "=~", "^v[0-9]+"}, {"C", "!=~", "a b"}, {"D", "=", "#1"}}}, ""},
 		// SPLIT
@@ -295,6 +295,14 @@ func TestErrors(t *testing.T) {
 			`L:2:15: error: RUN BACKGROUND needs a command (hint: RUN BACKGROUND <command>, e.g. RUN BACKGROUND make test)`},
 		{"BUTTON",
 			`L:2:7: error: BUTTON needs a message to show (hint: BUTTON Deploy to production?)`},
+		{"SKIP REMAINING IF GIT_BRANCH=main AND LAYER_CI_BRANCH='main'",
+			`L:2:39: warning: LAYER_CI_BRANCH is not set by strata or by this Layerfile; did you mean LAYERCI_BRANCH? (hint: SKIP REMAINING IF GIT_BRANCH=main AND LAYERCI_BRANCH='main')`},
+		{"ENV LAYER_CI_BRANCH=x\nSKIP REMAINING IF LAYER_CI_BRANCH=x AND GIT_BRANCHES=y",
+			`L:3:41: warning: GIT_BRANCHES is not set by strata or by this Layerfile; did you mean GIT_BRANCH? (hint: SKIP REMAINING IF LAYER_CI_BRANCH=x AND GIT_BRANCH=y)`},
+		{"RUN BACKGROUD npm start",
+			`L:2:5: warning: "BACKGROUD" looks like a misspelt RUN BACKGROUND; as written it runs as a shell command (hint: RUN BACKGROUND npm start)`},
+		{"RUN REPEATABEL docker build .",
+			`L:2:5: warning: "REPEATABEL" looks like a misspelt RUN REPEATABLE; as written it runs as a shell command (hint: RUN REPEATABLE docker build .)`},
 		{"FROM vm/debian:12",
 			`L:2:1: error: FROM repeated (the first FROM is at line 1) (hint: a Layerfile has exactly one FROM; to build on top of this one, put the rest in another Layerfile that starts with FROM <path to this one>)`},
 	}
