@@ -88,6 +88,11 @@ func TestEncodingAndContinuation(t *testing.T) {
 			wantDiag: []string{"L:1:1: error: file is encoded as UTF-16; Layerfiles must be UTF-8 (hint: save the file as UTF-8)"},
 		},
 		{
+			name:     "NUL byte stops parsing",
+			src:      "FROM vm/debian:12\nRUN a\x00b\n",
+			wantDiag: []string{"L:2:6: error: NUL byte: this is not a text file (hint: save the file as plain UTF-8 text)"},
+		},
+		{
 			name:     "invalid UTF-8",
 			src:      "FROM vm/debian:12\nRUN echo é\xff\n",
 			wantText: []string{"FROM vm/debian:12", "RUN echo é\xff"},

@@ -12,8 +12,9 @@
 //     a missing argument point just after the keyword.
 //   - Encoding: a UTF-16 file (with a byte-order mark, or ASCII text with a
 //     NUL in every other byte) is one error at 1:1 and nothing else is
-//     parsed. An invalid UTF-8 byte or a NUL byte is an error at its
-//     position; the rest of the file is still parsed.
+//     parsed; so is a NUL byte anywhere (at its position). An invalid UTF-8
+//     byte is an error at its position; the rest of the file is still
+//     parsed.
 //   - Instruction.Source joins the physical lines with "\n" whatever the file
 //     used ("\r\n", "\r"). Instruction.Text drops a trailing comment where
 //     comments are allowed, so editing only a comment does not change the

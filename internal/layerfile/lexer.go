@@ -74,10 +74,10 @@ func decode(path string, data []byte) (text string, diags []Diagnostic, ok bool)
 			diags = append(diags, Diagnostic{
 				Pos:      Pos{File: path, Line: line, Col: col},
 				Severity: Error,
-				Message:  "NUL byte in a Layerfile",
+				Message:  "NUL byte: this is not a text file",
 				Hint:     "save the file as plain UTF-8 text",
 			})
-			return text, diags, true
+			return "", diags, false
 		case r == '\n' || (r == '\r' && !strings.HasPrefix(text[i+1:], "\n")):
 			line, col = line+1, 1
 		case r == '\r':
