@@ -48,9 +48,13 @@ func newCLI(t *testing.T) *cli {
 		t.Fatalf("build strata: %v\n%s", err, out)
 	}
 	home := t.TempDir()
-	return &cli{t: t, bin: bin, home: home, images: cfg.ImagesDir, env: append(os.Environ(),
-		"STRATA_HOME="+home, "STRATA_IMAGES="+cfg.ImagesDir, "STRATA_AGENT="+agent)}
+	return &cli{t: t, bin: bin, home: home, images: cfg.ImagesDir, env: []string{
+		"STRATA_HOME=" + home, "STRATA_IMAGES=" + cfg.ImagesDir, "STRATA_AGENT=" + agent}}
 }
+
+// environ is the current environment (tests set variables as they go)
+// plus this CLI's STRATA_* settings.
+func (c *cli) environ() []string { return append(os.Environ(), c.env...) }
 
 type event struct {
 	Event       string  `json:"event"`
@@ -106,7 +110,7 @@ func (c *cli) run(dir string, args ...string) runOutput {
 	ctx, cancel := context.WithTimeout(c.t.Context(), 20*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.bin, append([]string{"run", "--output", "json"}, append(args, dir)...)...)
-	cmd.Env = c.env
+	cmd.Env = c.environ()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -243,7 +247,7 @@ func TestRunReusesRerunsAndKeepsRepeatableState(t *testing.T) {
 
 	// explain tells the story of the last run.
 	cmd := exec.Command(c.bin, "explain", repo)
-	cmd.Env = c.env
+	cmd.Env = c.environ()
 	expl, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(expl), "failed") || !strings.Contains(string(expl), "file app/msg.txt changed") {
 		t.Errorf("explain: %v\n%s", err, expl)

@@ -240,9 +240,7 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 		return withExit(3, err)
 	}
 	for _, d := range diags {
-		if !rep.json {
-			fmt.Fprintln(cmd.ErrOrStderr(), d.String())
-		}
+		fmt.Fprintln(cmd.ErrOrStderr(), d.String())
 	}
 	if layerfile.HasErrors(diags) {
 		rep.emit(runEvent{Event: "run", Status: "bad Layerfile", Seconds: time.Since(start).Seconds(), Error: fmt.Sprintf("%d error(s) in Layerfiles", countErrors(diags))})

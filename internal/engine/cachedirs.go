@@ -50,6 +50,20 @@ func (r *runner) syncCachesIn(ctx context.Context, s *step) error {
 		return nil
 	}
 	cs := r.caches()
+	var missing []string
+	for _, dir := range s.before.cacheDirs {
+		if !r.cacheReady[dir] {
+			missing = append(missing, shellQuote(dir))
+			r.cacheReady[dir] = true
+		}
+	}
+	if len(missing) > 0 {
+		// Create them, owned by the user of the step, if they don't exist.
+		script := fmt.Sprintf("for d in %s; do [ -d \"$d\" ] || { mkdir -p \"$d\" && chown %s: \"$d\"; }; done", strings.Join(missing, " "), shellQuote(s.before.user))
+		if err := r.rootScript(ctx, s, script); err != nil {
+			return err
+		}
+	}
 	for _, dir := range s.before.cacheDirs {
 		latest := cs.generation(dir)
 		if latest == 0 || r.cacheGen[dir] >= latest {
@@ -59,7 +73,7 @@ func (r *runner) syncCachesIn(ctx context.Context, s *step) error {
 		if err != nil {
 			return fmt.Errorf("CACHE %s: %w", dir, err)
 		}
-		if err := r.rootScript(ctx, s, "rm -rf "+shellQuote(dir)+" && mkdir -p "+shellQuote(dir)); err != nil {
+		if err := r.rootScript(ctx, s, "rm -rf "+shellQuote(dir)+"/* "+shellQuote(dir)+"/.[!.]*"); err != nil {
 			f.Close()
 			return err
 		}

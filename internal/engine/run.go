@@ -39,9 +39,10 @@ type runner struct {
 	owners map[string]repofiles.Owner
 	// cacheGen is the CACHE content generation the guest holds per
 	// directory; cacheFP the content fingerprint last saved or loaded.
-	cacheGen map[string]int64
-	cacheFP  map[string]string
-	result   Result
+	cacheGen   map[string]int64
+	cacheFP    map[string]string
+	cacheReady map[string]bool // CACHE dirs known to exist in this VM
+	result     Result
 }
 
 // Run runs one Layerfile to the end and returns its result. It never
@@ -284,7 +285,7 @@ func (r *runner) startFrom(ctx context.Context, layerID string) error {
 		return err
 	}
 	var m vm.Machine
-	r.cacheGen, r.cacheFP = map[string]int64{}, map[string]string{}
+	r.cacheGen, r.cacheFP, r.cacheReady = map[string]int64{}, map[string]string{}, map[string]bool{}
 	if layerID == "" {
 		r.emit(Event{Kind: "info", Message: "booting " + r.plan.image})
 		m, err = r.cfg.Hypervisor.Boot(ctx, r.img.Image, active.Overlay(), r.spec)
