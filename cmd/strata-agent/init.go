@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +32,9 @@ func initSystem(hostname string) error {
 			errs = append(errs, err)
 			continue
 		}
+		if isMountpoint(m.target) {
+			continue // mounted by an init script before us
+		}
 		err := unix.Mount(m.src, m.target, m.fstype, m.flags, m.data)
 		if err != nil && !errors.Is(err, unix.EBUSY) {
 			errs = append(errs, fmt.Errorf("mount %s: %w", m.target, err))
@@ -43,7 +47,14 @@ func initSystem(hostname string) error {
 	if err := unix.Sethostname([]byte(hostname)); err != nil {
 		errs = append(errs, fmt.Errorf("sethostname: %w", err))
 	}
-	// Bring up loopback? Not needed by the agent; a busybox initramfs can
-	// run "ip link set lo up" through exec if it wants.
 	return errors.Join(errs...)
+}
+
+// isMountpoint reports whether dir is on another device than its parent.
+func isMountpoint(dir string) bool {
+	var st, parent unix.Stat_t
+	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
 }
