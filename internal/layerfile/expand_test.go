@@ -83,6 +83,17 @@ func TestMemoryAfterRun(t *testing.T) {
 	}
 }
 
+func TestPrintTrailingBackslash(t *testing.T) {
+	f, ds := Parse("L", []byte("FROM vm/debian:12\nENV A=x\\\\ # one backslash\nRUN next\n"))
+	if len(ds) != 0 {
+		t.Fatal(ds)
+	}
+	if got, want := f.String(), "FROM vm/debian:12\nENV A=x\\\\ #\nRUN next\n"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+	roundTrip(t, f)
+}
+
 func TestPrintCanonical(t *testing.T) {
 	src := `# comment
 FROM ../base # parent

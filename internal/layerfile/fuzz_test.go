@@ -26,7 +26,7 @@ func normalized(f *File) []Instruction {
 func roundTrip(t *testing.T, f *File) {
 	t.Helper()
 	for _, in := range f.Instructions {
-		if strings.HasSuffix(in.Text, `\`) {
+		if strings.HasSuffix(in.Text, `\`) && !commentsAllowed(in.Kind) {
 			return // a trailing backslash cannot be printed (see File.String)
 		}
 	}

@@ -63,13 +63,15 @@ func decode(path string, data []byte) (text string, diags []Diagnostic, ok bool)
 		r, size := utf8.DecodeRuneInString(text[i:])
 		switch {
 		case r == utf8.RuneError && size == 1:
-			diags = append(diags, Diagnostic{
-				Pos:      Pos{File: path, Line: line, Col: col},
-				Severity: Error,
-				Message:  fmt.Sprintf("invalid UTF-8 byte 0x%02X", text[i]),
-				Hint:     "save the file as UTF-8",
-			})
-			return text, diags, true // one report is enough
+			if len(diags) == 0 { // one report is enough
+				diags = append(diags, Diagnostic{
+					Pos:      Pos{File: path, Line: line, Col: col},
+					Severity: Error,
+					Message:  fmt.Sprintf("invalid UTF-8 byte 0x%02X", text[i]),
+					Hint:     "save the file as UTF-8",
+				})
+			}
+			col++
 		case r == 0:
 			diags = append(diags, Diagnostic{
 				Pos:      Pos{File: path, Line: line, Col: col},
@@ -86,7 +88,7 @@ func decode(path string, data []byte) (text string, diags []Diagnostic, ok bool)
 		}
 		i += size
 	}
-	return text, nil, true
+	return text, diags, true
 }
 
 // looksUTF16 recognises UTF-16 without a byte-order mark: ASCII text with a

@@ -9,8 +9,9 @@ import (
 // line, that parses to the same instructions (the same Kind and arguments;
 // Pos, Source and Text follow the new layout). Comments are not kept.
 //
-// One case cannot be printed faithfully: a command that ends with a
-// backslash (possible only from a continuation at the very end of a file).
+// One case cannot be printed faithfully: a RUN command or BUTTON message
+// that ends with a backslash (possible only from a continuation at the very
+// end of a file), since '#' is not a comment there.
 func (f *File) String() string {
 	var b strings.Builder
 	for _, in := range f.Instructions {
@@ -141,7 +142,13 @@ func (in *Instruction) Format() string {
 	if len(parts) == 0 {
 		return kw
 	}
-	return kw + " " + strings.Join(parts, " ")
+	line := kw + " " + strings.Join(parts, " ")
+	if strings.HasSuffix(line, `\`) && commentsAllowed(in.Kind) {
+		// A final backslash would continue the line; an empty comment
+		// keeps it an argument.
+		line += " #"
+	}
+	return line
 }
 
 // FormatBytes writes a memory size with the largest exact unit: "2G",
