@@ -230,7 +230,7 @@ ch systemctl set-default multi-user.target >/dev/null 2>&1
 for u in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
 	e2scrub_reap.service fstrim.timer dpkg-db-backup.timer logrotate.timer \
 	systemd-timesyncd.service motd-news.timer systemd-journal-flush.service \
-	unattended-upgrades.service getty@tty1.service; do
+	unattended-upgrades.service getty@tty1.service getty-static.service; do
 	ch systemctl mask "$u" >/dev/null 2>&1
 done
 ch passwd -d root >/dev/null

@@ -104,7 +104,8 @@ func moduleRoot(t testing.TB) string {
 // images dir (the first build takes a minute or two; run tests with
 // -timeout 30m). It skips (or fails, with STRATA_E2E_REQUIRED=1) when QEMU
 // or the build tools are missing. Older builds of the same image (another
-// agent) unused for a day are removed.
+// agent) made more than an hour ago are removed, so agent edits do not
+// fill the disk.
 func Ensure(t testing.TB, extraPackages ...string) image.Built {
 	t.Helper()
 	NeedTools(t)
@@ -121,7 +122,7 @@ func Ensure(t testing.TB, extraPackages ...string) image.Built {
 }
 
 // prune removes older builds of b's name and packages (a previous agent)
-// created more than a day ago.
+// created more than an hour ago.
 func prune(t testing.TB, cfg image.Config, b image.Built) {
 	all, err := image.List(cfg)
 	if err != nil {
@@ -129,7 +130,7 @@ func prune(t testing.TB, cfg image.Config, b image.Built) {
 	}
 	for _, o := range all {
 		if o.ID != b.ID && o.Name == b.Name && slices.Equal(o.Packages, b.Packages) &&
-			time.Since(o.Created) > 24*time.Hour {
+			time.Since(o.Created) > time.Hour {
 			if err := image.Remove(cfg, o.ID); err != nil {
 				t.Logf("prune old image %s: %v", o.ID, err)
 			}
