@@ -662,4 +662,70 @@ func TestTTY(t *testing.T) {
 	if got := strings.ReplaceAll(out.String(), "\r", ""); got != "is-a-tty\n33 120\n" {
 		t.Fatalf("tty output %q", got)
 	}
+
+	// Keystrokes go to the terminal; the window can be resized.
+	out.Reset()
+	sizes := make(chan agentproto.WindowSize, 1)
+	sizes <- agentproto.WindowSize{Rows: 40, Cols: 100}
+	r = sh("read line; echo \"got $line\"; sleep 0.3; stty size")
+	r.TTY, r.Rows, r.Cols, r.Resize = true, 24, 80, sizes
+	code, err = h.client.Exec(ctx, r, strings.NewReader("typed\n"), &out, nil)
+	if err != nil || code != 0 {
+		t.Fatalf("code %d err %v out %q", code, err, out.String())
+	}
+	// The terminal echoes the typed line.
+	if got := strings.ReplaceAll(out.String(), "\r", ""); got != "typed\ngot typed\n40 100\n" {
+		t.Fatalf("interactive tty output %q", got)
+	}
+}
+
+func TestRedialAfterDisconnectWithoutHandshake(t *testing.T) {
+	h := start(t)
+	ctx := tctx(t)
+	if code, err := h.client.Exec(ctx, sh("exit 1"), nil, nil, nil); code != 1 || err != nil {
+		t.Fatalf("%d %v", code, err)
+	}
+	h.port.hangup()
+	// The first call may see the dead connection; a later one redials.
+	var code int
+	var err error
+	for i := 0; i < 2; i++ {
+		code, err = h.client.Exec(ctx, sh("exit 2"), nil, nil, nil)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, agentproto.ErrDisconnected) {
+			t.Fatalf("unexpected error %v", err)
+		}
+	}
+	if code != 2 || err != nil {
+		t.Fatalf("after redial: %d %v", code, err)
+	}
+}
+
+// A child that inherits the output pipes and outlives the command must not
+// hold the request open (nor be killed by SIGPIPE).
+func TestExecReturnsWhileChildHoldsOutput(t *testing.T) {
+	h := start(t)
+	ctx := tctx(t)
+	dir := t.TempDir()
+	for _, tty := range []bool{false, true} {
+		var out bytes.Buffer
+		r := sh("sleep 60 & echo $! > " + dir + "/child; echo done")
+		r.TTY = tty
+		t0 := time.Now()
+		code, err := h.client.Exec(ctx, r, nil, &out, nil)
+		if err != nil || code != 0 || strings.ReplaceAll(out.String(), "\r", "") != "done\n" {
+			t.Fatalf("tty=%v: code %d err %v out %q", tty, code, err, out.String())
+		}
+		if d := time.Since(t0); d > 3*time.Second {
+			t.Fatalf("tty=%v: exec took %v", tty, d)
+		}
+		child := readPid(t, dir+"/child")
+		if !tty && !pidAlive(child) {
+			t.Fatalf("lingering child %d was killed", child)
+		}
+		_ = unix.Kill(child, unix.SIGKILL)
+		_ = os.Remove(dir + "/child")
+	}
 }

@@ -200,9 +200,7 @@ func (s *server) runExec(r *request, e *agentproto.ExecRequest) (int, error) {
 		if e.Stdin {
 			stdinW = master
 		}
-		r.mu.Lock()
-		r.resize = func(rows, cols int) { _ = setWinsize(master, rows, cols) }
-		r.mu.Unlock()
+		r.setResize(func(rows, cols int) { _ = setWinsize(master, rows, cols) })
 	} else {
 		if e.Stdin {
 			pr, pw, err := os.Pipe()
@@ -284,29 +282,39 @@ func (s *server) runExec(r *request, e *agentproto.ExecRequest) (int, error) {
 }
 
 // pumpOutput forwards f's data in chunks until EOF. Once exited is closed
-// it keeps forwarding only while data keeps coming (drainIdle, drainMax),
-// then hands f to a goroutine that discards the rest, so processes that
-// inherited the pipe do not get SIGPIPE.
+// it keeps forwarding only while data keeps coming (drainIdle, at most
+// drainMax), then hands f to a goroutine that discards the rest, so
+// processes that inherited the pipe do not get SIGPIPE.
 func pumpOutput(f *os.File, exited <-chan struct{}, send func([]byte) bool) {
-	buf := make([]byte, agentproto.ChunkSize)
-	var deadline time.Time
-	sending := true
-	for {
+	var hard time.Time
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
 		select {
 		case <-exited:
-			if deadline.IsZero() {
-				deadline = time.Now().Add(drainMax)
-			}
-			_ = f.SetReadDeadline(minTime(time.Now().Add(drainIdle), deadline))
-		default:
+			_ = f.SetReadDeadline(time.Now().Add(drainIdle))
+		case <-stop:
 		}
+	}()
+	buf := make([]byte, agentproto.ChunkSize)
+	sending := true
+	for {
 		n, err := f.Read(buf)
 		if n > 0 && sending {
 			if !send(append([]byte(nil), buf[:n]...)) {
 				sending = false
 			}
 		}
+		select {
+		case <-exited:
+			if hard.IsZero() {
+				hard = time.Now().Add(drainMax)
+			}
+			_ = f.SetReadDeadline(minTime(time.Now().Add(drainIdle), hard))
+		default:
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			_ = f.SetReadDeadline(time.Time{})
 			dup, derr := dupFile(f)
 			if derr == nil {
 				go func() {
@@ -331,9 +339,17 @@ func minTime(a, b time.Time) time.Time {
 
 // dupFile duplicates f's descriptor so the caller may close f.
 func dupFile(f *os.File) (*os.File, error) {
-	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(orig uintptr) { fd, derr = unix.FcntlInt(orig, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
 	}
 	return os.NewFile(uintptr(fd), f.Name()), nil
 }
@@ -411,15 +427,28 @@ func openPTY() (master, slave *os.File, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("open pty: %w", err)
 	}
-	fd := int(m.Fd())
-	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
-		_ = m.Close()
-		return nil, nil, fmt.Errorf("unlock pty: %w", err)
+	// Through SyscallConn: Fd() would switch the master to blocking mode,
+	// and its reads need deadlines.
+	var n int
+	var ierr error
+	rc, err := m.SyscallConn()
+	if err == nil {
+		err = rc.Control(func(fd uintptr) {
+			if ierr = unix.IoctlSetPointerInt(int(fd), unix.TIOCSPTLCK, 0); ierr != nil {
+				ierr = fmt.Errorf("unlock pty: %w", ierr)
+				return
+			}
+			if n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCGPTN); ierr != nil {
+				ierr = fmt.Errorf("pty number: %w", ierr)
+			}
+		})
 	}
-	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err == nil {
+		err = ierr
+	}
 	if err != nil {
 		_ = m.Close()
-		return nil, nil, fmt.Errorf("pty number: %w", err)
+		return nil, nil, err
 	}
 	sl, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
@@ -429,9 +458,19 @@ func openPTY() (master, slave *os.File, err error) {
 	return m, sl, nil
 }
 
+// setWinsize sets the terminal size; safe to call concurrently with (or
+// after) f.Close.
 func setWinsize(f *os.File, rows, cols int) error {
 	ws := &unix.Winsize{Row: uint16(rows), Col: uint16(cols)}
-	return unix.IoctlSetWinsize(int(f.Fd()), unix.TIOCSWINSZ, ws)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, ws) }); err != nil {
+		return err
+	}
+	return ierr
 }
 
 // reaper collects exit statuses of all children (and, as PID 1 or a

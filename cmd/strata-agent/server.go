@@ -145,6 +145,7 @@ func (s *server) endSession(why string) {
 	s.sess = nil
 	s.mu.Unlock()
 	if sess != nil {
+		s.logf("session %.8s ended: %s", sess.nonce, why)
 		sess.end(why)
 	}
 }
@@ -283,8 +284,10 @@ func (s *server) hello(ctx context.Context, m *agentproto.Msg) {
 	s.mu.Unlock()
 	if !same {
 		if old != nil {
+			s.logf("session %.8s ended: replaced", old.nonce)
 			old.end("replaced by a new hello")
 		}
+		s.logf("session %.8s started", sess.nonce)
 		// Complete whatever half frame the host's decoder may be stuck in.
 		s.sendRaw(sess, make([]byte, agentproto.PadSize))
 	}
@@ -303,6 +306,8 @@ type request struct {
 	cancelled bool
 	kill      func()         // set while a process runs
 	resize    func(r, c int) // set while a TTY process runs
+	rows      int            // last requested window size
+	cols      int
 }
 
 func newRequest(s *server, sess *session, m *agentproto.Msg) *request {
@@ -327,8 +332,21 @@ func (r *request) doCancel() {
 func (r *request) doResize(rows, cols int) {
 	r.mu.Lock()
 	f := r.resize
+	r.rows, r.cols = rows, cols
 	r.mu.Unlock()
 	if f != nil {
+		f(rows, cols)
+	}
+}
+
+// setResize registers how to resize the request's terminal and applies a
+// size that arrived before the terminal existed.
+func (r *request) setResize(f func(rows, cols int)) {
+	r.mu.Lock()
+	r.resize = f
+	rows, cols := r.rows, r.cols
+	r.mu.Unlock()
+	if rows > 0 && cols > 0 {
 		f(rows, cols)
 	}
 }

@@ -454,6 +454,11 @@ func (c *Client) do(ctx context.Context, m *Msg, onOut func(int, []byte)) (*Msg,
 	if err := cc.send(ctx, m); err != nil {
 		return nil, err
 	}
+	if m.onSent != nil {
+		done := make(chan struct{})
+		defer close(done)
+		m.onSent(cc, cl.id, done)
+	}
 	return cl.wait(ctx)
 }
 
@@ -470,6 +475,9 @@ func (c *Client) doInput(ctx context.Context, m *Msg, r io.Reader, onOut func(in
 		return nil, err
 	}
 	exited := make(chan struct{})
+	if m.onSent != nil {
+		m.onSent(cc, cl.id, exited)
+	}
 	pumpErr := make(chan error, 1)
 	go func() { pumpErr <- cl.pump(ctx, r, exited) }()
 	res, err := cl.wait(ctx)
@@ -522,6 +530,11 @@ func (c *Client) Exec(ctx context.Context, r ExecRequest, stdin io.Reader, stdou
 	}
 	r.Stdin = stdin != nil
 	m := &Msg{T: TExec, Exec: &r}
+	if r.TTY && r.Resize != nil {
+		m.onSent = func(cc *conn, id uint64, done <-chan struct{}) {
+			go forwardResizes(ctx, cc, id, r.Resize, done)
+		}
+	}
 	var res *Msg
 	var err error
 	if stdin != nil {
@@ -631,6 +644,25 @@ func (c *Client) AddEntropy(ctx context.Context, seed []byte) error {
 		return fmt.Errorf("add guest entropy: %w", err)
 	}
 	return nil
+}
+
+// forwardResizes sends window size changes until done.
+func forwardResizes(ctx context.Context, cc *conn, id uint64, sizes <-chan WindowSize, done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case <-cc.done:
+			return
+		case ws, ok := <-sizes:
+			if !ok {
+				return
+			}
+			if cc.send(ctx, &Msg{T: TResize, ID: id, Rows: ws.Rows, Cols: ws.Cols}) != nil {
+				return
+			}
+		}
+	}
 }
 
 type byteReader struct{ b []byte }

@@ -53,6 +53,9 @@ type Msg struct {
 	Exec   *ExecRequest `json:"exec,omitempty"`
 	Info   *Info        `json:"info,omitempty"`
 	Data   []byte       `json:"-"` // carried as raw bytes after the JSON
+
+	// onSent, host side, runs after the request frame was sent.
+	onSent func(cc *conn, id uint64, done <-chan struct{})
 }
 
 // ExecRequest describes a command for the agent to run.
@@ -75,10 +78,16 @@ type ExecRequest struct {
 	TTY  bool `json:"tty,omitempty"`
 	Rows int  `json:"rows,omitempty"`
 	Cols int  `json:"cols,omitempty"`
+	// Resize, when set with TTY, delivers window size changes while the
+	// command runs (for `strata shell`). Host side only.
+	Resize <-chan WindowSize `json:"-"`
 	// Stdin is set by the Client when the caller passed a stdin reader;
 	// otherwise the command's stdin is /dev/null. Callers need not set it.
 	Stdin bool `json:"stdin,omitempty"`
 }
+
+// WindowSize is a terminal size in characters.
+type WindowSize struct{ Rows, Cols int }
 
 // Info describes the agent and its VM.
 type Info struct {
