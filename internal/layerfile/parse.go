@@ -1011,12 +1011,12 @@ func (l *line) parseLabel() *LabelArgs {
 		l.errAt(0, example, "unknown label %q: expected display_name or status", key)
 		return nil
 	}
-	val, err := unquote(strings.TrimSpace(rest))
+	val, err := unquote(strings.Trim(rest, " \t"))
 	if err != nil {
 		l.errAt(len(key)+1+err.off, "close the quote", "unterminated %c quote", err.quote)
 		return nil
 	}
-	if toks, _ := tokenize(strings.TrimSpace(rest)); len(toks) == 1 {
+	if toks, _ := tokenize(strings.Trim(rest, " \t")); len(toks) == 1 {
 		val = toks[0].val
 	}
 	if key == "status" && val != "merge" && val != "hidden" {
