@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/strata-ci/strata/internal/mask"
 	"github.com/strata-ci/strata/internal/plan"
 	"github.com/strata-ci/strata/internal/runenv"
+	"github.com/strata-ci/strata/internal/schedule"
 )
 
 func init() { commandRegistry = append(commandRegistry, newRunCmd) }
@@ -166,6 +168,8 @@ func (r *reporter) emit(ev runEvent) {
 		fmt.Fprintf(r.w, "%s %s\n", prefix, ev.Message)
 	case "output":
 		fmt.Fprintf(r.w, "%s | %s\n", prefix, strings.TrimRight(ev.Text, "\n"))
+	case "layerfile-start":
+		fmt.Fprintf(r.w, "%s %s: started\n", prefix, ev.Layerfile)
 	case "layerfile":
 		line := fmt.Sprintf("%s %s: %s in %.1fs", prefix, ev.Layerfile, ev.Status, ev.Seconds)
 		if ev.Error != "" {
@@ -270,14 +274,27 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 		jobs = defaultJobs()
 	}
 
-	results := make([]engine.Result, len(repo.Files))
-	sem := make(chan struct{}, jobs)
-	var wg sync.WaitGroup
-	for i, lf := range repo.Files {
-		rel, _ := filepath.Rel(absRoot, lf.Path)
-		rel = filepath.ToSlash(rel)
-		runner := runnerName(lf, rel)
-		out := &lineWriter{rep: rep, runner: runner, file: rel}
+	var prompt sync.Mutex
+	button := func(ctx context.Context, runner, message string) error {
+		if f.acceptBtns {
+			rep.emit(runEvent{Event: "info", Runner: runner, Message: "BUTTON " + message + ": approved by --accept-buttons"})
+			return nil
+		}
+		if !isTerminal(os.Stdin) {
+			return fmt.Errorf("BUTTON %q needs approval: run strata in a terminal to answer it, or pass --accept-buttons", message)
+		}
+		prompt.Lock()
+		defer prompt.Unlock()
+		fmt.Fprintf(cmd.ErrOrStderr(), "[%s] %s — approve? [y/N] ", runner, message)
+		answer, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		if a := strings.ToLower(strings.TrimSpace(answer)); a == "y" || a == "yes" {
+			return nil
+		}
+		return fmt.Errorf("BUTTON %q was not approved", message)
+	}
+
+	runJob := func(ctx context.Context, j schedule.Job) engine.Result {
+		out := &lineWriter{rep: rep, runner: j.Runner, file: j.Rel}
 		maskedOut := rep.masker.Writer(out)
 		cfg := &engine.Config{
 			Store:        a.store,
@@ -289,6 +306,7 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 			Fresh:        f.fresh,
 			NoCacheDirs:  f.noCacheDirs,
 			Output:       maskedOut,
+			Button:       button,
 			Events: func(e engine.Event) {
 				maskedOut.Flush()
 				out.Flush()
@@ -297,26 +315,39 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 					Instruction: e.Instruction, Status: e.Status, Seconds: e.Seconds, Reason: e.Reason, Message: e.Message})
 			},
 		}
-		job := &engine.Job{
-			RepoRoot: absRoot, File: lf, Rel: rel, Scope: info.Scope,
+		rep.emit(runEvent{Event: "layerfile-start", Layerfile: j.Rel, Runner: j.Runner})
+		res := engine.Run(ctx, cfg, &engine.Job{
+			RepoRoot: absRoot, File: j.File, Rel: j.Rel, Scope: info.Scope,
 			Branch: info.Branch, DefaultBranch: info.DefaultBranch,
-			Env:    runenv.Builtins(info, jobID, runner, 0, "localhost"),
-			Runner: runner,
-		}
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			res := engine.Run(ctx, cfg, job)
-			maskedOut.Flush()
-			out.Flush()
-			results[i] = res
+			Env:    runenv.Builtins(info, jobID, j.Runner, 0, "localhost"),
+			Runner: j.Runner, Parent: j.Parent, SplitPrefix: j.SplitPrefix, SplitIndex: j.SplitIndex,
+		})
+		maskedOut.Flush()
+		out.Flush()
+		if !(j.SplitPrefix && res.Passed() && res.Split > 0) {
 			rep.emit(runEvent{Event: "layerfile", Layerfile: res.Layerfile, Runner: res.Runner, Status: res.Status, Seconds: res.Seconds, Error: res.Error})
-		}(i)
+		}
+		return res
 	}
-	wg.Wait()
+	var results []engine.Result
+	for _, runs := range schedule.Run(ctx, repo, schedule.Options{
+		Jobs:       jobs,
+		MemoryMB:   hostMemoryMB() - 2048,
+		RunnerName: runnerName,
+		Run:        runJob,
+		Cancelled: func(res engine.Result) {
+			rep.emit(runEvent{Event: "layerfile", Layerfile: res.Layerfile, Runner: res.Runner, Status: res.Status, Error: res.Error})
+		},
+	}) {
+		results = append(results, runs...)
+	}
 
+	for _, res := range results {
+		if res.Passed() && (len(res.Website) > 0 || len(res.TCP) > 0) {
+			rep.emit(runEvent{Event: "info", Runner: res.Runner, Layerfile: res.Layerfile,
+				Message: fmt.Sprintf("exposes %d website path(s) and %d TCP port(s): serve them with `strata up %s`", len(res.Website), len(res.TCP), root)})
+		}
+	}
 	status, code := overall(results, ctx.Err() != nil)
 	rep.emit(runEvent{Event: "run", Status: status, Seconds: time.Since(start).Seconds()})
 	if code != 0 {
@@ -367,6 +398,15 @@ func overall(results []engine.Result, interrupted bool) (string, int) {
 		return "cancelled", 1
 	}
 	return worst, code
+}
+
+// hostMemoryMB is the host's RAM in MiB (0 if unknown).
+func hostMemoryMB() int {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
+		return 0
+	}
+	return int(uint64(si.Totalram) * uint64(si.Unit) >> 20)
 }
 
 // defaultJobs is how many VMs the host can run at once: one per core, and

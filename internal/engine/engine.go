@@ -57,6 +57,8 @@ type Config struct {
 	NoCacheDirs bool
 	// CPUs per VM (default 2).
 	CPUs int
+	// Button asks a person to approve a BUTTON step; nil fails the step.
+	Button func(ctx context.Context, runner, message string) error
 	// Events receives progress; it must not block for long.
 	Events func(Event)
 	// Output receives the live output of running steps. The caller masks
@@ -80,6 +82,14 @@ type Job struct {
 	Env []string
 	// Runner is the runner's name (RUNNER_ID).
 	Runner string
+	// Parent is the result of the Layerfile named by FROM <path>: this one
+	// starts from its final state (files, processes, ENV, WORKDIR, USER),
+	// and its cache keys chain from the parent's.
+	Parent *Result
+	// SplitPrefix runs only the steps before SPLIT (once, for all copies);
+	// otherwise SplitIndex is this copy's SPLIT value (0..n-1).
+	SplitPrefix bool
+	SplitIndex  int
 }
 
 // Event is one progress report.
@@ -123,4 +133,30 @@ type Result struct {
 	// FinalLayer is the snapshot of the Layerfile's final state, if any.
 	FinalLayer string    `json:"final_layer,omitempty"`
 	Started    time.Time `json:"started"`
+	// Website and TCP are what EXPOSE WEBSITE / EXPOSE TCP publish from
+	// the final state.
+	Website []Website `json:"website,omitempty"`
+	TCP     []TCPPort `json:"tcp,omitempty"`
+	// Split is n when the Layerfile has SPLIT n (set on the prefix result).
+	Split int `json:"split,omitempty"`
+
+	final *final // what a child Layerfile starts from
 }
+
+// Website is one EXPOSE WEBSITE line.
+type Website struct {
+	Scheme  string `json:"scheme"`
+	Port    int    `json:"port"`
+	Path    string `json:"path"`
+	Rewrite string `json:"rewrite,omitempty"`
+}
+
+// TCPPort is one EXPOSE TCP line (HostPort 0: any free port).
+type TCPPort struct {
+	GuestPort int `json:"guest_port"`
+	HostPort  int `json:"host_port,omitempty"`
+}
+
+// Passed reports whether the Layerfile passed (a skip of the remaining steps
+// counts as passing, SPEC §2).
+func (r Result) Passed() bool { return r.Status == Passed || r.Status == SkippedRemaining }

@@ -5,12 +5,14 @@ import (
 	"path"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/strata-ci/strata/internal/cachekey"
 	"github.com/strata-ci/strata/internal/layerfile"
 	"github.com/strata-ci/strata/internal/repofiles"
 	"github.com/strata-ci/strata/internal/store"
+	"github.com/strata-ci/strata/internal/vm"
 )
 
 // env is an ordered set of variables.
@@ -117,17 +119,37 @@ type plan struct {
 	memory  int64
 	steps   []*step
 	digests *repofiles.Digester
+	split   int // n of the SPLIT the plan stops before (SplitPrefix), else 0
+	base    final
+}
+
+// final is the state after the last step of a Layerfile: where a child
+// Layerfile (FROM <path>) starts.
+type final struct {
+	key, textKey cachekey.Chain
+	state        state
+	reads        map[string]string
+	files        map[string]store.FileEntry
+	img          ImageRef
+	spec         vm.Spec
+	args         string
+	layer        string
+}
+
+// finalOf is the state after the plan's last step.
+func (p *plan) finalOf() final {
+	f := p.base
+	if n := len(p.steps); n > 0 {
+		last := p.steps[n-1]
+		f.key, f.textKey, f.state, f.reads, f.files = last.key, last.textKey, last.after, last.reads, last.files
+	}
+	return f
 }
 
 // unsupported are directives that belong to the multi-Layerfile graph,
 // not yet run by the engine.
 var unsupported = map[layerfile.Kind]bool{
-	layerfile.Split:         true,
-	layerfile.Wait:          true,
-	layerfile.Button:        true,
-	layerfile.ExposeWebsite: true,
-	layerfile.ExposeTCP:     true,
-	layerfile.Clone:         true,
+	layerfile.Clone: true,
 }
 
 // prepare computes every step's state, key and read set.
@@ -137,11 +159,7 @@ func prepare(cfg *Config, job *Job, imageID, machineArgs string, digests *repofi
 		return nil, fmt.Errorf("%s: FROM must be the first directive", job.Rel)
 	}
 	p := &plan{digests: digests, memory: 2 << 30}
-	from := f.Instructions[0].From
-	if from.Form == layerfile.FromPath {
-		return nil, fmt.Errorf("%s: FROM another Layerfile is not supported by this engine yet", f.Instructions[0].Pos)
-	}
-	p.image = from.Image
+	p.image = f.Instructions[0].From.Image
 
 	lookupEnv := cfg.LookupEnv
 	if lookupEnv == nil {
@@ -158,6 +176,20 @@ func prepare(cfg *Config, job *Job, imageID, machineArgs string, digests *repofi
 	textChain := chain
 	reads := map[string]string{}
 	files := map[string]store.FileEntry{}
+	if job.Parent != nil {
+		// A child continues the parent's chain and state; its own
+		// built-in variables (RUNNER_ID...) replace the parent's.
+		pf := job.Parent.final
+		p.base = *pf
+		chain, textChain, reads, files = pf.key, pf.textKey, pf.reads, pf.files
+		cur = pf.state.clone()
+		for _, kv := range job.Env {
+			k, v, _ := strings.Cut(kv, "=")
+			cur.env.set(k, v)
+		}
+		chain = chain.Step("FROM "+job.Rel, nil, "")
+		textChain = textChain.Step("FROM "+job.Rel, nil, "")
+	}
 	for i, ins := range f.Instructions[1:] {
 		s := &step{index: i + 1, ins: ins, before: cur.clone()}
 		if unsupported[ins.Kind] {
@@ -247,15 +279,35 @@ func prepare(cfg *Config, job *Job, imageID, machineArgs string, digests *repofi
 			}
 			s.skip = ok
 		case layerfile.Label:
+		case layerfile.ExposeWebsite, layerfile.ExposeTCP:
+			// Host-side: wait for the port to answer (when executed), and
+			// publish it at the end.
+		case layerfile.Wait:
+		case layerfile.Button:
+		case layerfile.Split:
+			if job.SplitPrefix {
+				p.split = ins.Split.N
+				return p, nil
+			}
+			s.inVM = true
+			if !ins.Split.Unordered {
+				cur.env.set("SPLIT", strconv.Itoa(job.SplitIndex))
+			}
+			cur.env.set("SPLIT_NUM", strconv.Itoa(ins.Split.N))
+		}
+		text := ins.Text
+		if ins.Kind == layerfile.Split {
+			text += fmt.Sprintf(" [copy %d]", job.SplitIndex)
 		}
 		secretVals := map[string]string{}
 		for _, n := range cur.secrets {
 			secretVals[n] = cfg.Secrets[n]
 		}
-		chain = chain.Step(ins.Text, cur.buildEnv, cachekey.SecretDigest(cfg.Salt, secretVals))
-		s.key = chain
-		textChain = textChain.Step(ins.Text, nil, "")
-		s.textKey = textChain
+		if ins.Kind != layerfile.Button { // not part of the cache key (SPEC §2)
+			chain = chain.Step(text, cur.buildEnv, cachekey.SecretDigest(cfg.Salt, secretVals))
+			textChain = textChain.Step(text, nil, "")
+		}
+		s.key, s.textKey = chain, textChain
 		s.reads, s.files = reads, files
 		s.after = cur.clone()
 		s.reportEnv = map[string]string{}

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"context"
 	"errors"
 	"fmt"
@@ -84,16 +86,6 @@ func (r *runner) run(ctx context.Context) error {
 		r.result.Status = Errored
 		return fmt.Errorf("%s: no FROM", job.Rel)
 	}
-	from := f.Instructions[0].From
-	if from.Form == layerfile.FromPath {
-		return fmt.Errorf("%s: FROM another Layerfile is not supported by this engine yet", f.Instructions[0].Pos)
-	}
-	img, err := cfg.ResolveImage(ctx, from.Image, r.output())
-	if err != nil {
-		return fmt.Errorf("base image %s: %w", from.Image, err)
-	}
-	r.img = img
-	digests := repofiles.NewDigester(job.RepoRoot, filepath.Join(cfg.Store.Root(), "statcache", job.Scope+".json"))
 	// MEMORY must be known before keys: it is part of the VM shape.
 	r.spec = vm.Spec{MemoryMB: 2048, CPUs: cfg.CPUs}
 	for _, ins := range f.Instructions {
@@ -104,14 +96,52 @@ func (r *runner) run(ctx context.Context) error {
 	if r.spec.CPUs == 0 {
 		r.spec.CPUs = 2
 	}
-	r.args = cfg.Hypervisor.MachineArgs(img.Image, r.spec)
+	if pr := job.Parent; pr != nil {
+		if pr.final == nil || !pr.Passed() {
+			r.result.Status = Cancelled
+			return fmt.Errorf("parent %s did not pass", pr.Layerfile)
+		}
+		memorySet := r.spec.MemoryMB != 2048
+		if memorySet && r.spec.MemoryMB != pr.final.spec.MemoryMB {
+			r.result.Status = Errored
+			return fmt.Errorf("%s: MEMORY %dM differs from the parent's %dM: a child runs in a copy of the parent's VM", job.Rel, r.spec.MemoryMB, pr.final.spec.MemoryMB)
+		}
+		r.img, r.spec, r.args = pr.final.img, pr.final.spec, pr.final.args
+	} else {
+		from := f.Instructions[0].From
+		img, err := cfg.ResolveImage(ctx, from.Image, r.output())
+		if err != nil {
+			return fmt.Errorf("base image %s: %w", from.Image, err)
+		}
+		r.img = img
+		r.args = cfg.Hypervisor.MachineArgs(img.Image, r.spec)
+	}
+	digests := repofiles.NewDigester(job.RepoRoot, filepath.Join(cfg.Store.Root(), "statcache", safeFile(job.Scope)+".json"))
+	img := r.img
 	p, err := prepare(cfg, job, img.ID, r.args, digests)
 	if err != nil {
 		r.result.Status = Errored
 		return err
 	}
+	p.base.img, p.base.spec, p.base.args = r.img, r.spec, r.args
+	for _, st := range p.steps {
+		switch w := st.ins.Website; {
+		case w != nil:
+			r.result.Website = append(r.result.Website, Website{Scheme: w.Scheme, Port: w.Port, Path: w.Path, Rewrite: w.Rewrite})
+		case st.ins.TCP != nil:
+			r.result.TCP = append(r.result.TCP, TCPPort{GuestPort: st.ins.TCP.GuestPort, HostPort: st.ins.TCP.HostPort})
+		}
+	}
 	r.plan = p
+	r.result.Split = p.split
 	defer digests.Save()
+	defer func() {
+		if r.result.Passed() {
+			fin := p.finalOf()
+			fin.layer = r.result.FinalLayer
+			r.result.final = &fin
+		}
+	}()
 
 	var prev Result
 	if cfg.Store.LoadRun(runKey(job), &prev) == nil {
@@ -135,7 +165,8 @@ func (r *runner) run(ctx context.Context) error {
 		r.result.FinalLayer = restoreLayer.ID
 		cfg.Store.Touch(restoreLayer.ID)
 	} else {
-		r.base, r.clean = "", true
+		r.base, r.clean = p.base.layer, true // the parent's final state, or the image
+		r.result.FinalLayer = p.base.layer
 	}
 
 	// A RUN REPEATABLE step resumes from its own saved state, which holds
@@ -148,7 +179,7 @@ func (r *runner) run(ctx context.Context) error {
 			r.report(s, StatusReused, fmt.Sprintf("held by the RUN REPEATABLE state of line %d; today's files are put in place", p.steps[k].ins.Pos.Line), 0, "")
 		}
 		restoreAt = k
-		r.base, r.clean = "", true
+		r.base, r.clean = p.base.layer, true
 	}
 
 	var firstRan *step
@@ -245,7 +276,45 @@ func (r *runner) sameAsPrevious(s *step) bool {
 	return p.Key == string(s.key) && p.Status != StatusFailed && p.Status != StatusSkipped
 }
 
-func runKey(job *Job) string { return job.Scope + "/" + job.Rel }
+func runKey(job *Job) string {
+	k := job.Scope + "/" + job.Rel
+	if job.SplitPrefix {
+		k += "#prefix"
+	} else if job.SplitIndex > 0 {
+		k += "#" + strconv.Itoa(job.SplitIndex)
+	}
+	return k
+}
+
+func exposedPort(s *step) int {
+	switch {
+	case s.ins.Website != nil:
+		return s.ins.Website.Port
+	case s.ins.TCP != nil:
+		return s.ins.TCP.GuestPort
+	}
+	return 0
+}
+
+// waitForPort waits up to 2 minutes until something in the guest accepts
+// connections on port (SPEC §2, EXPOSE WEBSITE).
+func (r *runner) waitForPort(ctx context.Context, s *step, port int) error {
+	script := fmt.Sprintf("for i in $(seq 1 120); do timeout 1 bash -c '</dev/tcp/127.0.0.1/%d' 2>/dev/null && exit 0; sleep 1; done; exit 1", port)
+	code, err := r.m.Run(ctx, vm.Exec{Argv: []string{"/bin/bash", "-c", script}, Env: baseEnv()}, io.Discard, io.Discard)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &stepError{step: s, err: fmt.Errorf("nothing answered on port %d within 2 minutes (start the server with RUN BACKGROUND)", port)}
+	}
+	return nil
+}
+
+// safeFile makes a file name from an arbitrary string.
+func safeFile(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:12])
+}
 
 // deepestReusable finds the last step whose snapshot can be trusted: its key
 // matches and every file read up to it still has the same content.
@@ -325,6 +394,22 @@ func (r *runner) close() {
 // execute runs one step and returns the layer that holds the state after it
 // ("" when none was taken).
 func (r *runner) execute(ctx context.Context, s *step) (string, error) {
+	if s.ins.Kind == layerfile.Button {
+		if r.cfg.Button == nil {
+			return "", &stepError{step: s, err: fmt.Errorf("BUTTON %q needs approval: run in a terminal to answer it, or pass --accept-buttons", s.ins.Button.Message)}
+		}
+		if err := r.cfg.Button(ctx, r.job.Runner, s.ins.Button.Message); err != nil {
+			return "", &stepError{step: s, err: err}
+		}
+	}
+	if port := exposedPort(s); port != 0 {
+		if err := r.ensureMachine(ctx); err != nil {
+			return "", err
+		}
+		if err := r.waitForPort(ctx, s, port); err != nil {
+			return "", err
+		}
+	}
 	if !s.inVM {
 		if s.forceSnapshot && !r.clean {
 			return r.snapshot(ctx, s)
@@ -536,6 +621,10 @@ func (r *runner) runStep(ctx context.Context, s *step) error {
 		dir := s.after.workdir
 		script := fmt.Sprintf("if [ ! -d %[1]s ]; then mkdir -p %[1]s && chown %[2]s: %[1]s; fi", shellQuote(dir), shellQuote(b.user))
 		return r.rootScript(ctx, s, script)
+	case layerfile.Split:
+		// Each copy gets its own machine id (its random pool is reseeded
+		// by the restore).
+		return r.rootScript(ctx, s, "rm -f /etc/machine-id /var/lib/dbus/machine-id && (systemd-machine-id-setup >/dev/null 2>&1 || dbus-uuidgen --ensure=/etc/machine-id)")
 	case layerfile.User:
 		name := s.after.user
 		script := fmt.Sprintf(`id -u %[1]s >/dev/null 2>&1 || { useradd -m -s /bin/bash -G root %[1]s && echo %[2]s > /etc/sudoers.d/90-strata-%[3]s && chmod 440 /etc/sudoers.d/90-strata-%[3]s; }`,
