@@ -147,7 +147,9 @@ type harness struct {
 }
 
 // start runs the real agent server on a virtPort in this process.
-func start(t *testing.T) *harness {
+func start(t *testing.T) *harness { return startB(t) }
+
+func startB(t testing.TB) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := newReaper()
@@ -727,5 +729,67 @@ func TestExecReturnsWhileChildHoldsOutput(t *testing.T) {
 		}
 		_ = unix.Kill(child, unix.SIGKILL)
 		_ = os.Remove(dir + "/child")
+	}
+}
+
+func TestChildrenDoNotInheritOOMProtection(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to lower oom_score_adj")
+	}
+	old, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		t.Skip(err)
+	}
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0); err != nil {
+		t.Skip(err)
+	}
+	defer os.WriteFile("/proc/self/oom_score_adj", old, 0)
+	h := start(t)
+	var out bytes.Buffer
+	code, err := h.client.Exec(tctx(t), sh("sleep 0.1; cat /proc/$$/oom_score_adj"), nil, &out, nil)
+	if err != nil || code != 0 || out.String() != "0\n" {
+		t.Fatalf("code %d err %v oom_score_adj %q", code, err, out.String())
+	}
+}
+
+func BenchmarkExecRoundTrip(b *testing.B) {
+	h := startB(b)
+	ctx := context.Background()
+	r := agentproto.ExecRequest{Argv: []string{"/bin/true"}}
+	for b.Loop() {
+		if code, err := h.client.Exec(ctx, r, nil, nil, nil); err != nil || code != 0 {
+			b.Fatal(code, err)
+		}
+	}
+}
+
+func BenchmarkCopyIn(b *testing.B) {
+	h := startB(b)
+	ctx := context.Background()
+	dir := b.TempDir()
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644, Size: int64(len(body))})
+	_, _ = tw.Write(body)
+	_ = tw.Close()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if err := h.client.CopyIn(ctx, dir, bytes.NewReader(buf.Bytes())); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkExecOutput(b *testing.B) {
+	h := startB(b)
+	ctx := context.Background()
+	const n = 16 << 20
+	b.SetBytes(n)
+	for b.Loop() {
+		var c countWriter
+		if code, err := h.client.Exec(ctx, sh("head -c 16777216 /dev/zero"), nil, &c, nil); err != nil || code != 0 || c.n != n {
+			b.Fatal(code, err, c.n)
+		}
 	}
 }

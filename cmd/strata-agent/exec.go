@@ -493,7 +493,20 @@ func (r *reaper) start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
 	}
 	ch := make(chan unix.WaitStatus, 1)
 	r.waiters[cmd.Process.Pid] = ch
+	resetOOMScore(cmd.Process.Pid)
 	return ch, nil
+}
+
+// resetOOMScore gives a command the default OOM score adjustment. The agent
+// itself may run protected (OOMScoreAdjust=-1000 in its systemd unit),
+// which children would otherwise inherit, making the build's processes
+// unkillable by the OOM killer.
+func resetOOMScore(pid int) {
+	own, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil || strings.TrimSpace(string(own)) == "0" {
+		return
+	}
+	_ = os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte("0"), 0)
 }
 
 // reapAll collects every exited child without blocking.

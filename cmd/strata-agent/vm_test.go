@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -312,6 +313,32 @@ func TestAgentInVMSurvivesSaveAndRestore(t *testing.T) {
 		runOut(t, ctx, c, "true")
 	}
 	t.Logf("exec true round trip: %v each", time.Since(t0)/n)
+	{
+		body := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(1600000000, 0)})
+		_, _ = tw.Write(body)
+		_ = tw.Close()
+		t0 = time.Now()
+		if err := c.CopyIn(ctx, "/tmp/in", &buf); err != nil {
+			t.Fatal(err)
+		}
+		d := time.Since(t0)
+		if got := runOut(t, ctx, c, "stat -c '%s %Y' /tmp/in/big"); got != "16777216 1600000000" {
+			t.Fatalf("copied file: %q", got)
+		}
+		t.Logf("CopyIn 16 MiB: %v (%.1f MB/s)", d, 16.777216/d.Seconds())
+		var cw countWriter
+		t0 = time.Now()
+		code, err := c.Exec(ctx, agentproto.ExecRequest{Argv: []string{"cat", "/tmp/in/big"}, Env: []string{"PATH=/bin"}}, nil, &cw, nil)
+		d = time.Since(t0)
+		if err != nil || code != 0 || cw.n != len(body) {
+			t.Fatalf("cat: %d %v %d", code, err, cw.n)
+		}
+		t.Logf("exec output 16 MiB: %v (%.1f MB/s)", d, 16.777216/d.Seconds())
+		runOut(t, ctx, c, "rm -r /tmp/in")
+	}
 	// A counter keeps running in the background across save and restore.
 	err = c.StartBackground(ctx, agentproto.ExecRequest{Argv: []string{"/bin/sh", "-c",
 		"i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done"}, Env: []string{"PATH=/bin"}},

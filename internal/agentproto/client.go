@@ -412,6 +412,8 @@ func (cl *call) pump(ctx context.Context, r io.Reader, exited <-chan struct{}) e
 			return cl.cc.send(ctx, &Msg{T: TEOF, ID: cl.id})
 		}
 		if rerr != nil {
+			// End the input anyway, so the command does not wait forever.
+			_ = cl.cc.send(ctx, &Msg{T: TEOF, ID: cl.id})
 			return rerr
 		}
 	}
