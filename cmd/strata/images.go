@@ -3,7 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -64,7 +67,11 @@ seconds when only the agent changed. --package adds distribution packages
 			if err != nil {
 				return withExit(2, err)
 			}
-			b, err := image.Ensure(cmd.Context(), cfg, name, packages, cmd.ErrOrStderr())
+			// Ctrl-C cancels the build cleanly: the build tools run in
+			// their own process group and are stopped by Ensure.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			b, err := image.Ensure(ctx, cfg, name, packages, cmd.ErrOrStderr())
 			if err != nil {
 				return withExit(imageExitCode(err), err)
 			}

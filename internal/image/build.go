@@ -677,15 +677,15 @@ func lookTool(name, pkg string) (string, error) {
 	return "", fmt.Errorf("%w: %s not found; install it with `apt-get install %s`", ErrMissingTool, name, pkg)
 }
 
-// runTool runs a command, forwarding the lines show accepts (all when nil
-// is given for a quiet tool: none) to p, and returns an error carrying the
-// last lines of output when it fails. Cancelling ctx kills its process
-// group.
+// runTool runs a command, forwarding the lines show accepts (none when
+// show is nil) to p, and returns an error carrying the last lines of output
+// when it fails. Cancelling ctx sends SIGTERM to its process group (so
+// mmdebstrap unmounts what it mounted in root mode), then SIGKILL after 30s.
 func runTool(ctx context.Context, p *progressor, show func(string) bool, argv ...string) error {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 10 * time.Second
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
 	cmd.Env = append(os.Environ(), "LC_ALL=C.UTF-8")
 	r, w, err := os.Pipe()
 	if err != nil {
