@@ -277,3 +277,32 @@ func TestRepeatableResumesPastCopiesWithTodaysFiles(t *testing.T) {
 		t.Fatalf("third run %s", statuses(r))
 	}
 }
+
+func TestTwoRunsAtOnceShareTheStoreSafely(t *testing.T) {
+	h := newHarness(t)
+	h.write("app/main.go", "v1")
+	results := make(chan Result, 2)
+	for i := 0; i < 2; i++ {
+		go func() { results <- h.run(tenSteps, nil) }()
+	}
+	for i := 0; i < 2; i++ {
+		if r := <-results; r.Status != Passed {
+			t.Fatalf("concurrent run: %s %s", r.Status, r.Error)
+		}
+	}
+	// Every committed layer is whole, and a third run reuses everything.
+	err := h.st.Walk(func(l store.Layer) error {
+		for _, p := range []string{h.st.DiskPath(l.ID), h.st.StatePath(l.ID)} {
+			if _, err := os.Stat(p); err != nil {
+				t.Errorf("layer %s: %v", l.ID, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := h.run(tenSteps, nil); statuses(r) != "reused reused reused reused reused reused reused reused reused" {
+		t.Fatalf("after concurrent runs: %s", statuses(r))
+	}
+}
