@@ -89,7 +89,7 @@ func run(mem, cpus, restores, containers int, keep bool) error {
 		return err
 	}
 	coldDocker := time.Since(t0)
-	if err := vmtest.StartWebContainers(ctx, m, containers); err != nil {
+	if err := vmtest.StartWebContainers(ctx, m, containers, nil); err != nil {
 		return err
 	}
 	coldAll := time.Since(t0)

@@ -35,7 +35,7 @@ func TestDockerContainerSurvivesRestore(t *testing.T) {
 	}
 	defer m.Close()
 	t.Logf("boot to agent: %s", time.Since(t0))
-	if err := vmtest.StartWebContainers(ctx, m, 1); err != nil {
+	if err := vmtest.StartWebContainers(ctx, m, 1, t.Logf); err != nil {
 		t.Fatalf("start container: %v\n%s", err, vm.ConsoleLog(m))
 	}
 	t.Logf("dockerd + container up: %s", time.Since(t0))

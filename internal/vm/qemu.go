@@ -63,6 +63,9 @@ type QEMU struct {
 	accel       Accel
 	accelReason string
 	hashes      map[string]string // file identity -> content hash
+
+	// noBackgroundSnapshot forces the paused-migration fallback (tests).
+	noBackgroundSnapshot bool
 }
 
 var _ Hypervisor = (*QEMU)(nil)
@@ -473,6 +476,7 @@ func (q *QEMU) launch(ctx context.Context, img Image, spec Spec, overlay, state 
 		return nil, m.failure("connect to QEMU monitor", err)
 	}
 	m.qmp = qmp
+	m.timings.MonitorReady = time.Since(start)
 	// The default migration bandwidth limit (32 MiB/s) would make a 2 GiB
 	// snapshot take a minute; local files have no reason for a limit.
 	if err := qmp.Execute(bctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
@@ -482,12 +486,12 @@ func (q *QEMU) launch(ctx context.Context, img Image, spec Spec, overlay, state 
 		if err := m.incoming(bctx, state); err != nil {
 			return nil, m.failure("load state", err)
 		}
-		m.restored = time.Since(start)
+		m.timings.StateLoaded = time.Since(start)
 	}
 	if err := m.connectAgent(bctx, state != ""); err != nil {
 		return nil, m.failure("wait for guest agent", err)
 	}
-	m.ready = time.Since(start)
+	m.timings.AgentReady = time.Since(start)
 	ok = true
 	return m, nil
 }

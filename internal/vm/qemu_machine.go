@@ -32,8 +32,7 @@ type qemuMachine struct {
 	accel   Accel
 
 	started  time.Time
-	restored time.Duration // QEMU start to state loaded (Restore only)
-	ready    time.Duration // QEMU start to agent answering
+	timings Timings
 
 	qmp       *qmpClient
 	agent     *agentproto.Client
@@ -46,12 +45,13 @@ type qemuMachine struct {
 	closed  bool
 }
 
-// Timings reports how long the last Boot or Restore took (for benchmarks):
-// from QEMU start to the state being loaded (zero after Boot) and to the
-// agent answering.
+// Timings reports how long a Boot or Restore took, each measured from the
+// start of the QEMU process (for benchmarks and diagnostics).
 type Timings struct {
-	StateLoaded time.Duration
-	AgentReady  time.Duration
+	MonitorReady time.Duration // QMP answered
+	StateLoaded  time.Duration // incoming migration complete (Restore only)
+	Handshake    time.Duration // guest agent answered
+	AgentReady   time.Duration // clock and entropy refreshed (Restore); = Handshake after Boot
 }
 
 // MachineTimings returns the launch timings of a machine created by QEMU.
@@ -60,7 +60,7 @@ func MachineTimings(m Machine) (Timings, bool) {
 	if !ok {
 		return Timings{}, false
 	}
-	return Timings{StateLoaded: qm.restored, AgentReady: qm.ready}, true
+	return qm.timings, true
 }
 
 // ConsoleLog returns the serial console output of a machine created by
@@ -167,7 +167,7 @@ func (m *qemuMachine) waitMigration(ctx context.Context, every time.Duration) er
 			return context.Cause(ctx)
 		case <-time.After(every):
 		}
-		if every < 100*time.Millisecond {
+		if every < 20*time.Millisecond {
 			every += every / 2
 		}
 	}
@@ -187,6 +187,7 @@ func (m *qemuMachine) connectAgent(ctx context.Context, restored bool) error {
 		}
 		return err
 	}
+	m.timings.Handshake = time.Since(m.started)
 	if !restored {
 		return nil
 	}
@@ -196,14 +197,15 @@ func (m *qemuMachine) connectAgent(ctx context.Context, restored bool) error {
 // refreshGuest sets the guest clock from the host and reseeds its random
 // pool, so restored copies neither live in the past nor share randomness.
 func (m *qemuMachine) refreshGuest(ctx context.Context) error {
-	if err := m.agent.SetClock(ctx, time.Now()); err != nil {
-		return err
-	}
 	seed := make([]byte, 64)
 	if _, err := rand.Read(seed); err != nil {
 		return fmt.Errorf("entropy: %w", err)
 	}
-	return m.agent.AddEntropy(ctx, seed)
+	// Both requests in flight at once: one round trip instead of two.
+	errc := make(chan error, 1)
+	go func() { errc <- m.agent.AddEntropy(ctx, seed) }()
+	clockErr := m.agent.SetClock(ctx, time.Now())
+	return errors.Join(clockErr, <-errc)
 }
 
 func (m *qemuMachine) execRequest(e Exec) agentproto.ExecRequest {
@@ -378,11 +380,13 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 		os.Remove(tmp)
 	}
 
-	bg := true
-	if err := m.qmp.Execute(ctx, "migrate-set-capabilities", map[string]any{
-		"capabilities": []map[string]any{{"capability": "background-snapshot", "state": true}},
-	}, nil); err != nil {
-		bg = false
+	bg := !m.q.noBackgroundSnapshot
+	if bg {
+		if err := m.qmp.Execute(ctx, "migrate-set-capabilities", map[string]any{
+			"capabilities": []map[string]any{{"capability": "background-snapshot", "state": true}},
+		}, nil); err != nil {
+			bg = false // e.g. no userfaultfd write protection: save paused
+		}
 	}
 
 	events, unsub := m.qmp.Subscribe()

@@ -212,7 +212,7 @@ func TestSnapshotRestore(t *testing.T) {
 		}
 		t.Cleanup(func() { r.Close() })
 		tm, _ := vm.MachineTimings(r)
-		t.Logf("restore %s: %s (state loaded %s, agent %s)", name, time.Since(t0), tm.StateLoaded, tm.AgentReady)
+		t.Logf("restore %s: %s (since QEMU start: monitor %s, state loaded %s, handshake %s, clock+entropy %s)", name, time.Since(t0), tm.MonitorReady, tm.StateLoaded, tm.Handshake, tm.AgentReady)
 		return r
 	}
 	r1 := restore("r1")
@@ -335,5 +335,61 @@ func TestMissingQEMUIsDetectable(t *testing.T) {
 	_, err := vm.NewQEMU(vm.QEMUOptions{Binary: "/nonexistent/qemu-system-x86_64"})
 	if !errors.Is(err, vm.ErrNoQEMU) || !strings.Contains(err.Error(), "qemu-system-x86") {
 		t.Fatalf("got %v, want ErrNoQEMU naming the Debian package", err)
+	}
+}
+
+func TestPausedSnapshotFallbackRestores(t *testing.T) {
+	q := vmtest.QEMU(t)
+	vm.DisableBackgroundSnapshot(q)
+	img := vmtest.Fast(t)
+	dir := t.TempDir()
+	m := boot(t, q, img, dir)
+	sh(t, m, "echo paused-save > /data/f && echo mem > /tmp/f && sync")
+	layer := m.Overlay()
+	state := filepath.Join(dir, "state.zst")
+	res, err := m.Snapshot(context.Background(), state, filepath.Join(dir, "next.qcow2"))
+	if err != nil {
+		t.Fatalf("paused snapshot: %v", err)
+	}
+	t.Logf("paused snapshot: pause %s, total %s", res.Pause, res.Total)
+	if res.Pause < res.Total/2 {
+		t.Fatalf("paused save reports pause %s of total %s", res.Pause, res.Total)
+	}
+	sh(t, m, "echo still-running")
+	r, err := q.Restore(context.Background(), img, vm.SnapshotFiles{Disk: layer, State: state, MachineArgs: q.MachineArgs(img, fastSpec)},
+		filepath.Join(dir, "r", "overlay.qcow2"), fastSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got := sh(t, r, "cat /data/f /tmp/f"); got != "paused-save\nmem\n" {
+		t.Fatalf("after restore: %q", got)
+	}
+}
+
+func TestCancelledContextKillsQEMU(t *testing.T) {
+	q := vmtest.QEMU(t)
+	img := vmtest.Fast(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	m, err := q.Boot(ctx, img, filepath.Join(t.TempDir(), "o.qcow2"), fastSpec)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	defer m.Close()
+	pid := vm.PID(m)
+	cancel()
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); strings.Contains(string(b), ") Z ") {
+			break // exited, not yet reaped
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU %d still running 10 s after its context was cancelled", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := m.Run(context.Background(), vm.Exec{Argv: []string{"true"}}, io.Discard, io.Discard); err == nil {
+		t.Fatal("Run succeeded on a killed VM")
 	}
 }

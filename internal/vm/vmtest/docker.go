@@ -41,7 +41,14 @@ func WebPort(i int) int { return 8080 + i }
 // is copied in and `docker import`ed), then starts n containers web0..
 // web<n-1>; container i serves "web<i>\n" over HTTP on guest port
 // WebPort(i) (-p, so through docker's proxy and NAT).
-func StartWebContainers(ctx context.Context, m vm.Machine, n int) error {
+// logf, when non-nil, receives progress lines with the elapsed time.
+func StartWebContainers(ctx context.Context, m vm.Machine, n int, logf func(format string, args ...any)) error {
+	start := time.Now()
+	step := func(what string) {
+		if logf != nil {
+			logf("%s: %s", what, time.Since(start).Round(time.Millisecond))
+		}
+	}
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		return fmt.Errorf("host busybox-static: %w", err)
@@ -61,20 +68,26 @@ func StartWebContainers(ctx context.Context, m vm.Machine, n int) error {
 	if err := m.CopyIn(ctx, "/root/bbroot", io.Reader(&buf)); err != nil {
 		return err
 	}
+	step("busybox rootfs copied in")
 	if err := WaitDocker(ctx, m); err != nil {
 		return err
 	}
+	step("dockerd answers")
 	if _, err := Sh(ctx, m, "mkdir -p /root/bbroot/www && tar -C /root/bbroot -c . | docker import - strata-bb:latest >/dev/null"); err != nil {
 		return err
 	}
+	step("image imported")
 	for i := 0; i < n; i++ {
-		script := fmt.Sprintf("docker run -d --name web%d -p %d:80 strata-bb:latest sh -c 'mkdir -p /www && echo web%d > /www/index.html && exec httpd -f -p 80 -h /www' >/dev/null",
+		script := fmt.Sprintf("docker run -d --security-opt apparmor=unconfined --name web%d -p %d:80 strata-bb:latest sh -c 'mkdir -p /www && echo web%d > /www/index.html && exec httpd -f -p 80 -h /www' >/dev/null",
 			i, WebPort(i), i)
 		if _, err := Sh(ctx, m, script); err != nil {
 			return err
 		}
+		step(fmt.Sprintf("container web%d started", i))
 	}
-	return CheckWebContainers(ctx, m, n)
+	err = CheckWebContainers(ctx, m, n)
+	step("containers answer")
+	return err
 }
 
 // CheckWebContainers checks, from inside the guest, that each web container
