@@ -31,7 +31,7 @@ type qemuMachine struct {
 	waitErr error
 	accel   Accel
 
-	started  time.Time
+	started time.Time
 	timings Timings
 
 	qmp       *qmpClient
