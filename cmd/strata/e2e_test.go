@@ -59,6 +59,7 @@ func (c *cli) environ() []string { return append(os.Environ(), c.env...) }
 type event struct {
 	Event       string  `json:"event"`
 	Layerfile   string  `json:"layerfile"`
+	Runner      string  `json:"runner"`
 	Index       int     `json:"index"`
 	Instruction string  `json:"instruction"`
 	Status      string  `json:"status"`
