@@ -46,10 +46,6 @@ func (c cacheStore) generation(guestDir string) int64 {
 // syncCachesIn gives the guest the latest saved content of every CACHE
 // directory in force where it holds an older one.
 func (r *runner) syncCachesIn(ctx context.Context, s *step) error {
-	if r.cfg.NoCacheDirs {
-		return nil
-	}
-	cs := r.caches()
 	var missing []string
 	for _, dir := range s.before.cacheDirs {
 		if !r.cacheReady[dir] {
@@ -64,6 +60,10 @@ func (r *runner) syncCachesIn(ctx context.Context, s *step) error {
 			return err
 		}
 	}
+	if r.cfg.NoCacheDirs {
+		return nil // the folders exist, empty: saved content is ignored
+	}
+	cs := r.caches()
 	for _, dir := range s.before.cacheDirs {
 		latest := cs.generation(dir)
 		if latest == 0 || r.cacheGen[dir] >= latest {
