@@ -168,8 +168,12 @@ func Ensure(ctx context.Context, cfg Config, name string, extraPackages []string
 	return b, nil
 }
 
+// diskBuilderVersion is part of every image ID: bump it when level 2
+// (unpack, agent, mkfs, convert) changes, so only level 2 is rebuilt.
+const diskBuilderVersion = "disk-2"
+
 func imageID(rootfsKey, agentSum string) string {
-	sum := sha256.Sum256([]byte(builderVersion + "\x00" + rootfsKey + "\x00" + agentSum))
+	sum := sha256.Sum256([]byte(builderVersion + "\x00" + diskBuilderVersion + "\x00" + rootfsKey + "\x00" + agentSum))
 	return hex.EncodeToString(sum[:])[:16]
 }
 
@@ -349,8 +353,11 @@ func buildDisk(ctx context.Context, l layout, spec rootfsSpec, key, tarball, age
 		return Built{}, fmt.Errorf("rootfs dir: %w", err)
 	}
 	p.printf("unpacking rootfs and installing the agent (%s)", agentSum[:12])
+	// Device nodes are left out: a user namespace cannot create them, and
+	// the initramfs moves its devtmpfs onto /dev anyway. Same in both modes,
+	// so an image does not depend on who built it.
 	if err := runTool(ctx, p, nil, priv(tools["tar"], "--zstd", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-		"-xpf", tarball, "-C", root)...); err != nil {
+		"--exclude=./dev/*", "-xpf", tarball, "-C", root)...); err != nil {
 		return Built{}, fmt.Errorf("unpack rootfs: %w", err)
 	}
 	if err := runTool(ctx, p, nil, priv("install", "-D", "-m", "0755", "-o", "0", "-g", "0", agent,
@@ -749,8 +756,12 @@ func syncFile(path string) error {
 	return nil
 }
 
-// commitDir fsyncs tmp, renames it to final and fsyncs final's parent.
+// commitDir makes tmp world-readable, fsyncs it, renames it to final and
+// fsyncs final's parent.
 func commitDir(tmp, final string) error {
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("commit %s: %w", final, err)
+	}
 	if err := syncFile(tmp); err != nil {
 		return err
 	}
