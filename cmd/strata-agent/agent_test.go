@@ -793,3 +793,33 @@ func BenchmarkExecOutput(b *testing.B) {
 		}
 	}
 }
+
+func TestCopyInReplacesRunningExecutable(t *testing.T) {
+	h := start(t)
+	ctx := tctx(t)
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "prog")
+	sleepBin, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	if err := os.WriteFile(prog, sleepBin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Run it through the agent so the agent's reaper collects it.
+	if err := h.client.StartBackground(ctx, sh("echo $$ > "+dir+"/pid; exec "+prog+" 30"), dir+"/log", 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	pid := readPid(t, dir+"/pid")
+	defer unix.Kill(pid, unix.SIGKILL)
+	err = h.client.CopyIn(ctx, dir, mkTar(t, tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "prog", Mode: 0o755}, body: "#!/bin/sh\necho new\n"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(prog); string(b) != "#!/bin/sh\necho new\n" {
+		t.Fatalf("content %q", b)
+	}
+	if m, _ := filepath.Glob(dir + "/.prog.strata-*"); len(m) != 0 {
+		t.Fatalf("temporary files left: %v", m)
+	}
+}

@@ -197,7 +197,9 @@ func removeNonDir(target string) error {
 }
 
 // writeRegular writes r to target, in place when target is an existing
-// regular file (same inode, so bind mounts and open readers see it).
+// regular file (same inode, so bind mounts and open readers see it). A
+// running executable cannot be opened for writing (ETXTBSY): it is
+// replaced by a new file renamed over it instead, as cp --remove would.
 func writeRegular(target string, r io.Reader, mode os.FileMode, uid, gid int) error {
 	if st, err := os.Lstat(target); err == nil && !st.Mode().IsRegular() {
 		if err := removeNonDir(target); err != nil {
@@ -205,9 +207,33 @@ func writeRegular(target string, r io.Reader, mode os.FileMode, uid, gid int) er
 		}
 	}
 	f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, mode.Perm())
+	rename := ""
+	if errors.Is(err, unix.ETXTBSY) {
+		f, err = os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".strata-*")
+		if f != nil {
+			rename = f.Name()
+		}
+	}
 	if err != nil {
 		return err
 	}
+	if err := fillFile(f, r, mode, uid, gid); err != nil {
+		if rename != "" {
+			_ = os.Remove(rename)
+		}
+		return err
+	}
+	if rename != "" {
+		if err := os.Rename(rename, target); err != nil {
+			_ = os.Remove(rename)
+			return err
+		}
+	}
+	return nil
+}
+
+// fillFile copies r into f, sets owner and mode, and closes f.
+func fillFile(f *os.File, r io.Reader, mode os.FileMode, uid, gid int) error {
 	if _, err := io.Copy(f, r); err != nil {
 		_ = f.Close()
 		return err

@@ -153,7 +153,7 @@ func startQEMU(t *testing.T, dir, name, kernel, initrd string, incoming string) 
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "256", "-smp", "2",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check rdinit=/init",
 		"-device", "virtio-serial-pci,id=vser0",
 		"-chardev", "socket,id=agent0,server=on,wait=off,path=" + v.agent,
 		"-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.strata.agent0",
