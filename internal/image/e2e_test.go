@@ -171,6 +171,11 @@ func TestBuildAndBoot(t *testing.T) {
 			t.Errorf("%s\n got: %q\nwant: %q", c.cmd, got, c.want)
 		}
 	}
+	// How early the agent runs compared with multi-user (µs since the
+	// kernel started; informational, timing is for benchmarks).
+	t.Logf("agent active at %s µs, multi-user at %s µs after kernel start",
+		vm.run("systemctl show -p ActiveEnterTimestampMonotonic --value strata-agent.service", 10*time.Second),
+		vm.run("systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target", 10*time.Second))
 	if t.Failed() {
 		t.Logf("failed units:\n%s", vm.run("systemctl --failed --no-pager; journalctl -b --no-pager -p warning | tail -40", 30*time.Second))
 	}
