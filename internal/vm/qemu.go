@@ -105,6 +105,10 @@ func NewQEMU(opts QEMUOptions) (*QEMU, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (%s: %v)", ErrNoQEMU, opts.ImgBinary, err)
 	}
+	// Snapshots are compressed and restored through zstd.
+	if _, err := exec.LookPath("zstd"); err != nil {
+		return nil, fmt.Errorf("zstd not found, install the Debian package zstd: %w", ErrMissingTool)
+	}
 	out, err := exec.Command(bin, "-version").Output()
 	if err != nil {
 		return nil, fmt.Errorf("%w (%s -version: %v)", ErrNoQEMU, bin, err)
