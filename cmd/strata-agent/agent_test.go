@@ -141,9 +141,21 @@ func (g *garbleConn) Write(b []byte) (int, error) {
 }
 
 type harness struct {
-	port   *virtPort
-	client *agentproto.Client
-	garble bool
+	port      *virtPort
+	client    *agentproto.Client
+	garble    bool
+	reaper    *reaper
+	stopAgent context.CancelFunc
+}
+
+// runServer runs an agent server on port until the returned func is called.
+func runServer(ctx context.Context, port *virtPort, r *reaper) context.CancelFunc {
+	ctx, cancel := context.WithCancel(ctx)
+	var logbuf bytes.Buffer
+	srv := newServer(func(context.Context) (Port, bool, error) { return port, true, nil }, r,
+		log.New(&logbuf, "", 0))
+	go func() { _ = srv.serve(ctx) }()
+	return cancel
 }
 
 // start runs the real agent server on a virtPort in this process.
@@ -157,12 +169,8 @@ func startB(t testing.TB) *harness {
 	signal.Notify(sigchld, unix.SIGCHLD)
 	stop := make(chan struct{})
 	go r.loop(sigchld, stop)
-	h := &harness{port: newVirtPort()}
-	var logbuf bytes.Buffer
-	srv := newServer(func(context.Context) (Port, bool, error) { return h.port, true, nil }, r,
-		log.New(&logbuf, "", 0))
-	done := make(chan struct{})
-	go func() { _ = srv.serve(ctx); close(done) }()
+	h := &harness{port: newVirtPort(), reaper: r}
+	h.stopAgent = runServer(ctx, h.port, r)
 	h.client = agentproto.NewClient(func(ctx context.Context) (net.Conn, error) {
 		c, err := h.port.dial(ctx)
 		if err == nil && h.garble {
@@ -821,5 +829,37 @@ func TestCopyInReplacesRunningExecutable(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(dir + "/.prog.strata-*"); len(m) != 0 {
 		t.Fatalf("temporary files left: %v", m)
+	}
+}
+
+// When the agent process is replaced (crash, systemd restart) while the
+// host waits for an answer, the new agent's announcement fails the pending
+// call instead of leaving it hanging; the next call talks to the new agent.
+func TestAgentRestartFailsPendingCalls(t *testing.T) {
+	h := start(t)
+	ctx := tctx(t)
+	if _, err := h.client.Handshake(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() {
+		_, err := h.client.Exec(ctx, sh("sleep 30"), nil, nil, nil)
+		res <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	h.stopAgent()                                                   // the old agent process dies...
+	h.stopAgent = runServer(context.Background(), h.port, h.reaper) // ...systemd starts a new one
+	t.Cleanup(func() { h.stopAgent() })
+	select {
+	case err := <-res:
+		if !errors.Is(err, agentproto.ErrDisconnected) || !strings.Contains(err.Error(), "restarted") {
+			t.Fatalf("pending exec: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("pending exec still waiting after the agent restarted")
+	}
+	var out bytes.Buffer
+	if code, err := h.client.Exec(ctx, sh("echo new agent"), nil, &out, nil); err != nil || code != 0 || out.String() != "new agent\n" {
+		t.Fatalf("after restart: %d %v %q", code, err, out.String())
 	}
 }

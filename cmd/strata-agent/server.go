@@ -73,6 +73,12 @@ func newServer(open OpenFunc, r *reaper, logger *log.Logger) *server {
 // serve runs until ctx ends. It never returns because of port errors.
 func (s *server) serve(ctx context.Context) error {
 	go s.writeLoop(ctx)
+	// Announce this agent process: a host still waiting for answers from a
+	// previous one (crashed, restarted by systemd) gives up on them.
+	boot := &session{ctx: ctx, cancel: func() {}, reqs: map[uint64]*request{}}
+	info := agentInfo()
+	s.sendRaw(boot, make([]byte, agentproto.PadSize))
+	s.send(boot, &agentproto.Msg{T: agentproto.TReset, Info: &info})
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		p, persistent, err := s.open(ctx)
@@ -114,7 +120,6 @@ func (s *server) setPort(p Port) {
 // port, reaches EOF).
 func (s *server) readPort(ctx context.Context, p Port, persistent bool) {
 	dec := agentproto.NewDecoder(p)
-	eofs := 0
 	for ctx.Err() == nil {
 		m, err := dec.Next()
 		if err != nil {
@@ -123,7 +128,6 @@ func (s *server) readPort(ctx context.Context, p Port, persistent bool) {
 			s.endSession("host disconnected")
 			dec.Reset()
 			if persistent && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrNoProgress)) {
-				eofs++
 				sleepCtx(ctx, eofPoll)
 				continue
 			}
@@ -132,7 +136,6 @@ func (s *server) readPort(ctx context.Context, p Port, persistent bool) {
 			}
 			return
 		}
-		eofs = 0
 		s.handle(ctx, m)
 	}
 }
@@ -208,7 +211,7 @@ func (s *server) writeLoop(ctx context.Context) {
 // (backpressure to the command producing output) and returns false without
 // sending once the session is over.
 func (s *server) send(sess *session, m *agentproto.Msg) bool {
-	m.S = sess.nonce
+	m.S = sess.nonce // "" for the announcement of a new agent process
 	b, err := agentproto.EncodeFrame(m)
 	if err != nil {
 		s.logf("encode %s: %v", m.T, err)

@@ -3,9 +3,9 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -17,17 +17,39 @@ import (
 	"github.com/strata-ci/strata/internal/agentproto"
 )
 
+// debianImageDir finds a built vm/debian:12 image: STRATA_TEST_DEBIAN_IMAGE,
+// else the newest one in the image tests' shared cache.
+func debianImageDir() string {
+	if d := os.Getenv("STRATA_TEST_DEBIAN_IMAGE"); d != "" {
+		return d
+	}
+	metas, _ := filepath.Glob("/var/tmp/strata-test-images/built/*/image.json")
+	best, bestTime := "", time.Time{}
+	for _, m := range metas {
+		var meta struct{ Name string }
+		b, err := os.ReadFile(m)
+		if err != nil || json.Unmarshal(b, &meta) != nil || meta.Name != "vm/debian:12" {
+			continue
+		}
+		if st, err := os.Stat(m); err == nil && st.ModTime().After(bestTime) {
+			best, bestTime = filepath.Dir(m), st.ModTime()
+		}
+	}
+	return best
+}
+
 // TestAgentUnderSystemd boots a built Debian base image (directory with
 // disk.qcow2, vmlinuz, initrd.img, image.json as internal/image writes it),
-// named by STRATA_TEST_DEBIAN_IMAGE, and checks the baked-in agent as a
-// systemd service: users from the real /etc/passwd, TTY, background.
+// installs this tree's agent in it, restarts the systemd service and checks
+// the agent there: reconnection after an agent restart, users from the
+// real /etc/passwd, TTY, background processes, OOM score of children.
 func TestAgentUnderSystemd(t *testing.T) {
-	dir := os.Getenv("STRATA_TEST_DEBIAN_IMAGE")
-	if dir == "" {
-		unavailable(t, "STRATA_TEST_DEBIAN_IMAGE not set (a built vm/debian:12 image directory)")
-	}
 	if testing.Short() {
 		t.Skip("boots a Debian VM")
+	}
+	dir := debianImageDir()
+	if dir == "" {
+		unavailable(t, "no built vm/debian:12 image (set STRATA_TEST_DEBIAN_IMAGE or run the internal/image tests)")
 	}
 	var meta struct{ Cmdline string }
 	b, err := os.ReadFile(filepath.Join(dir, "image.json"))
@@ -96,8 +118,13 @@ func TestAgentUnderSystemd(t *testing.T) {
 	_ = tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "strata-agent", Mode: 0o755, Size: int64(len(bin)), ModTime: time.Now()})
 	_, _ = tw.Write(bin)
 	_ = tw.Close()
-	if err := c.CopyIn(ctx, "/usr/local/bin", &tb); err != nil {
+	// The baked-in agent may predate replacing busy executables: copy
+	// beside it and let install(1) swap it.
+	if err := c.CopyIn(ctx, "/run/strata-new", &tb); err != nil {
 		t.Fatal(err)
+	}
+	if code, err := c.Exec(ctx, agentproto.ExecRequest{Argv: []string{"install", "-m755", "/run/strata-new/strata-agent", "/usr/local/bin/strata-agent"}}, nil, nil, nil); code != 0 || err != nil {
+		t.Fatalf("install: %d %v", code, err)
 	}
 	if err := c.StartBackground(ctx, agentproto.ExecRequest{Argv: []string{"/bin/sh", "-c", "sleep 0.3; systemctl restart strata-agent"}},
 		"/var/log/strata-restart.log", 100*time.Millisecond); err != nil {

@@ -273,6 +273,23 @@ func (cc *conn) send(ctx context.Context, m *Msg) error {
 	return nil
 }
 
+// cause is why the (dead) connection died, always matching ErrDisconnected.
+func (cc *conn) cause() error {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.err == nil || errors.Is(cc.err, ErrDisconnected) {
+		return cmpOr(cc.err, ErrDisconnected)
+	}
+	return fmt.Errorf("%w: %v", ErrDisconnected, cc.err)
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
 // fail marks the connection dead and closes it.
 func (cc *conn) fail(err error) {
 	cc.mu.Lock()
@@ -294,6 +311,16 @@ func (cc *conn) readLoop() {
 		if err != nil {
 			cc.fail(fmt.Errorf("%w: %v", ErrDisconnected, err))
 			return
+		}
+		if m.T == TReset && m.S == "" {
+			select {
+			case <-cc.ready:
+				// The agent process we were talking to is gone.
+				cc.fail(fmt.Errorf("%w: the guest agent restarted", ErrDisconnected))
+				return
+			default:
+				continue // a fresh agent announcing itself before our hello
+			}
 		}
 		if m.S != cc.nonce {
 			continue // stale: from before a restore or another session
@@ -426,7 +453,7 @@ func (cl *call) wait(ctx context.Context) (*Msg, error) {
 	case m := <-cl.exit:
 		return m, nil
 	case <-cl.cc.done:
-		return nil, fmt.Errorf("%s: %w", cl.op, ErrDisconnected)
+		return nil, fmt.Errorf("%s: %w", cl.op, cl.cc.cause())
 	case <-ctx.Done():
 	}
 	// Cancel with a fresh context: ctx is already done.
@@ -499,11 +526,11 @@ func (c *Client) doInput(ctx context.Context, m *Msg, r io.Reader, onOut func(in
 	return res, nil
 }
 
-func remoteErr(m *Msg) error {
+func remoteErr(op string, m *Msg) error {
 	if m.Err == "" {
 		return nil
 	}
-	return &RemoteError{Op: m.T, Msg: m.Err}
+	return &RemoteError{Op: op, Msg: m.Err}
 }
 
 // Exec runs r in the guest, streaming its output to stdout and stderr (nil
@@ -567,7 +594,7 @@ func (c *Client) StartBackground(ctx context.Context, r ExecRequest, logPath str
 	if err != nil {
 		return fmt.Errorf("start background %s: %w", r.Argv[0], err)
 	}
-	if err := remoteErr(res); err != nil {
+	if err := remoteErr(TBg, res); err != nil {
 		return fmt.Errorf("start background %s: %w", r.Argv[0], err)
 	}
 	return nil
@@ -585,7 +612,7 @@ func (c *Client) CopyIn(ctx context.Context, dir string, tar io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("copy into %s: %w", dir, err)
 	}
-	if err := remoteErr(res); err != nil {
+	if err := remoteErr(TCopyIn, res); err != nil {
 		return fmt.Errorf("copy into %s: %w", dir, err)
 	}
 	return nil
@@ -600,7 +627,7 @@ func (c *Client) WriteFile(ctx context.Context, path string, data []byte, perm o
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := remoteErr(res); err != nil {
+	if err := remoteErr(TWrite, res); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
@@ -613,7 +640,7 @@ func (c *Client) ReadFile(ctx context.Context, path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	if err := remoteErr(res); err != nil {
+	if err := remoteErr(TRead, res); err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	return out, nil
@@ -625,7 +652,7 @@ func (c *Client) SetClock(ctx context.Context, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("set guest clock: %w", err)
 	}
-	if err := remoteErr(res); err != nil {
+	if err := remoteErr(TClock, res); err != nil {
 		return fmt.Errorf("set guest clock: %w", err)
 	}
 	return nil
@@ -642,7 +669,7 @@ func (c *Client) AddEntropy(ctx context.Context, seed []byte) error {
 	if err != nil {
 		return fmt.Errorf("add guest entropy: %w", err)
 	}
-	if err := remoteErr(res); err != nil {
+	if err := remoteErr(TEntropy, res); err != nil {
 		return fmt.Errorf("add guest entropy: %w", err)
 	}
 	return nil

@@ -13,10 +13,13 @@ const ProtocolVersion = 1
 //
 // Host to agent: hello, exec, bg, copyin, write, read, clock, entropy,
 // data, eof, cancel, resize.
-// Agent to host: hello-ack, out, credit, exit.
+// Agent to host: hello-ack, out, credit, exit, and reset (sent once when
+// an agent process starts, so a host still waiting on the previous agent
+// process learns that its requests will never be answered).
 const (
 	THello    = "hello"     // S = nonce, N = protocol version
 	THelloAck = "hello-ack" // S = nonce, Info
+	TReset    = "reset"     // no S; Info: the agent (re)started, earlier sessions are void
 	TExec     = "exec"      // ID, Exec; then data/eof frames are stdin when Exec.Stdin
 	TBg       = "bg"        // ID, Exec, Path = log path, N = grace in ms
 	TCopyIn   = "copyin"    // ID, Path = dir; then data frames (a tar stream) and eof
