@@ -432,7 +432,9 @@ func (q *QEMU) launch(ctx context.Context, img Image, spec Spec, overlay, state 
 	}
 	args := []string{"-name", "strata," + "debug-threads=on"}
 	args = append(args, deviceArgs(img, spec, accel, p)...)
-	args = append(args, "-sandbox", "on,obsolete=deny,elevateprivileges=deny")
+	// State streams come and go through pipes we pass in: QEMU never
+	// needs to spawn a process.
+	args = append(args, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny")
 	if state != "" {
 		args = append(args, "-S", "-incoming", "defer")
 	}
@@ -442,8 +444,23 @@ func (q *QEMU) launch(ctx context.Context, img Image, spec Spec, overlay, state 
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	start := time.Now()
+	var dec *decompressor
+	if state != "" {
+		// QEMU reads the stream from fd 3, fed by our zstd child.
+		d, pr, err := startDecompressor(state)
+		if err != nil {
+			os.RemoveAll(runDir)
+			return nil, err
+		}
+		dec = d
+		cmd.ExtraFiles = []*os.File{pr}
+		defer pr.Close()
+	}
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(runDir)
+		if dec != nil {
+			dec.abort()
+		}
 		return nil, fmt.Errorf("start %s: %w", q.binary, err)
 	}
 	m := &qemuMachine{
@@ -487,7 +504,12 @@ func (q *QEMU) launch(ctx context.Context, img Image, spec Spec, overlay, state 
 		return nil, m.failure("configure migration", err)
 	}
 	if state != "" {
-		if err := m.incoming(bctx, state); err != nil {
+		err := m.incoming(bctx, "fd:3")
+		if derr := dec.wait(bctx); err == nil && derr != nil {
+			err = derr
+		}
+		if err != nil {
+			dec.abort()
 			return nil, m.failure("load state", err)
 		}
 		m.timings.StateLoaded = time.Since(start)

@@ -123,8 +123,7 @@ func (e *wrapErr) Error() string { return e.msg }
 func (e *wrapErr) Unwrap() error { return e.err }
 
 // incoming loads a migration stream into a QEMU started with -incoming defer.
-func (m *qemuMachine) incoming(ctx context.Context, state string) error {
-	uri := "exec:zstd -dcq < " + shellQuote(state)
+func (m *qemuMachine) incoming(ctx context.Context, uri string) error {
 	if err := m.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
 		return err
 	}
@@ -376,8 +375,34 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
 	tmp := statePath + ".tmp-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	cleanup := func() {
-		os.Remove(tmp)
+
+	// The compressor is our child, fed by a pipe whose write end QEMU
+	// gets over QMP: when it has exited, the state file is complete (an
+	// exec: URI would leave that unknowable: QEMU SIGTERMs a command that
+	// has not exited right after the stream ends).
+	z, pw, err := startCompressor(tmp)
+	if err != nil {
+		os.Remove(absNext)
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
+	committed := false
+	m.seq++
+	fdName := "state" + strconv.Itoa(m.seq)
+	defer func() {
+		if !committed {
+			// Unused by a migration, QEMU would keep the pipe open.
+			cctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = m.qmp.Execute(cctx, "closefd", map[string]any{"fdname": fdName}, nil)
+			c()
+			z.abort()
+			os.Remove(tmp)
+		}
+	}()
+	err = m.qmp.SendFD(ctx, fdName, int(pw.Fd()))
+	pw.Close() // QEMU holds its own copy now
+	if err != nil {
+		os.Remove(absNext)
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: pass state pipe: %w", err))
 	}
 
 	bg := !m.q.noBackgroundSnapshot
@@ -389,14 +414,29 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 		}
 	}
 
+	// Opened while the guest runs; attached as the new top at the pause.
+	node := "ov" + strconv.Itoa(m.seq)
+	if err := m.qmp.Execute(ctx, "blockdev-add", map[string]any{
+		"driver": "qcow2", "node-name": node, "discard": "unmap",
+		"file":    map[string]any{"driver": "file", "filename": absNext},
+		"backing": nil,
+	}, nil); err != nil {
+		os.Remove(absNext)
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: add overlay: %w", err))
+	}
+
 	events, unsub := m.qmp.Subscribe()
 	defer unsub()
 
+	// The pause: stop, switch the disk, start the migration, sent in one
+	// write (QEMU runs them in order) so the guest waits for no round trip.
 	pauseStart := time.Now()
-	if err := m.qmp.Execute(ctx, "stop", nil, nil); err != nil {
-		os.Remove(absNext)
-		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: %w", err))
-	}
+	waitStop := m.qmp.Send("stop", nil)
+	waitSwitch := m.qmp.Send("blockdev-snapshot", map[string]any{"node": m.node, "overlay": node})
+	waitMigrate := m.qmp.Send("migrate", map[string]any{"uri": "fd:" + fdName})
+	errStop := waitStop(ctx, nil)
+	errSwitch := waitSwitch(ctx, nil)
+	errMigrate := waitMigrate(ctx, nil)
 	resumed := false
 	resume := func() {
 		if !resumed {
@@ -407,56 +447,51 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 		}
 	}
 	defer resume()
-
-	m.seq++
-	node := "ov" + strconv.Itoa(m.seq)
-	if err := m.qmp.Execute(ctx, "blockdev-add", map[string]any{
-		"driver": "qcow2", "node-name": node, "discard": "unmap",
-		"file":    map[string]any{"driver": "file", "filename": absNext},
-		"backing": nil,
-	}, nil); err != nil {
-		os.Remove(absNext)
-		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: add overlay: %w", err))
-	}
-	if err := m.qmp.Execute(ctx, "blockdev-snapshot", map[string]any{"node": m.node, "overlay": node}, nil); err != nil {
-		_ = m.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
-		os.Remove(absNext)
-		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: switch overlay: %w", err))
+	if errStop != nil || errSwitch != nil {
+		if errMigrate == nil {
+			_ = m.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
+		}
+		if errSwitch == nil {
+			// The disk switched while the guest ran: the frozen layer
+			// is consistent, the memory state would not be.
+			m.overlay, m.node = absNext, node
+		} else {
+			_ = m.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+			os.Remove(absNext)
+		}
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: pause and switch disk: %w", errors.Join(errStop, errSwitch)))
 	}
 	frozen := m.overlay
 	m.overlay, m.node = absNext, node
 
-	uri := "exec:zstd -1 -T0 -q > " + shellQuote(tmp)
-	if err := m.qmp.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil && bg {
-		// Capability accepted but the migration refused: retry paused.
+	if errMigrate != nil && bg {
+		// Capability accepted but the migration refused: save paused.
 		bg = false
 		_ = m.qmp.Execute(ctx, "migrate-set-capabilities", map[string]any{
 			"capabilities": []map[string]any{{"capability": "background-snapshot", "state": false}},
 		}, nil)
-		if err2 := m.qmp.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err2 != nil {
-			cleanup()
-			return res, m.wrapDied(ctx, fmt.Errorf("snapshot: migrate: %w", err2))
-		}
-	} else if err != nil {
-		cleanup()
-		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: migrate: %w", err))
+		errMigrate = m.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil)
+	}
+	if errMigrate != nil {
+		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: migrate: %w", errMigrate))
 	}
 
+	var stopAt, resumeAt time.Time
 	if bg {
 		// QEMU 7.2 restarts the guest itself once devices are saved and
-		// RAM is write-protected (a RESUME event); a later QEMU restores
-		// the prior run state (paused), then we resume when the state
+		// RAM is write-protected (a RESUME event); never cont before
+		// that, or the guest could run before its devices are saved. A
+		// later QEMU keeps the guest paused: we resume it when the state
 		// is complete.
-		if err := waitEvent(ctx, events, "RESUME", 2*time.Second); err == nil {
+		stopAt, resumeAt = waitStopResume(ctx, events, 2*time.Second)
+		if !resumeAt.IsZero() {
 			resumed = true
 			res.Pause = time.Since(pauseStart)
 		} else if ctx.Err() != nil {
-			cleanup()
 			return res, m.wrapDied(ctx, fmt.Errorf("snapshot: %w", context.Cause(ctx)))
 		}
 	}
 	if err := m.waitMigration(ctx, 10*time.Millisecond); err != nil {
-		cleanup()
 		if ctx.Err() != nil {
 			_ = m.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
 		}
@@ -465,22 +500,25 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 	if !resumed {
 		resume()
 		res.Pause = time.Since(pauseStart)
+		stopAt, resumeAt = waitStopResume(ctx, events, time.Second)
 	}
-	// The exec'd compressor may still be flushing after QEMU reports
-	// completion: QEMU waits for the child when closing the pipe, so the
-	// file is complete here; sync it and the frozen layer.
+	// QEMU's own event timestamps bound the pause without our round trips.
+	if !stopAt.IsZero() && !resumeAt.IsZero() && resumeAt.After(stopAt) {
+		res.Pause = resumeAt.Sub(stopAt)
+	}
+	if err := z.wait(ctx); err != nil {
+		return res, fmt.Errorf("snapshot: %w", err)
+	}
 	if err := syncFile(tmp); err != nil {
-		cleanup()
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
 	if err := syncFile(frozen); err != nil {
-		cleanup()
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
 	if err := os.Rename(tmp, statePath); err != nil {
-		cleanup()
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
+	committed = true
 	if err := syncDir(filepath.Dir(statePath)); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
@@ -490,24 +528,130 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 	return res, nil
 }
 
-func waitEvent(ctx context.Context, events <-chan QMPEvent, name string, timeout time.Duration) error {
+// waitStopResume collects the STOP and RESUME events (QEMU timestamps)
+// until RESUME arrives or timeout passes.
+func waitStopResume(ctx context.Context, events <-chan QMPEvent, timeout time.Duration) (stop, resume time.Time) {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for {
 		select {
 		case ev, ok := <-events:
 			if !ok {
-				return errors.New("qmp closed")
+				return
 			}
-			if ev.Name == name {
-				return nil
+			switch ev.Name {
+			case "STOP":
+				stop = ev.Time
+			case "RESUME":
+				resume = ev.Time
+				if resume.IsZero() {
+					resume = time.Now()
+				}
+				return
 			}
 		case <-t.C:
-			return fmt.Errorf("no %s event within %s", name, timeout)
+			return
 		case <-ctx.Done():
-			return ctx.Err()
+			return
 		}
 	}
+}
+
+// compressor is a zstd process writing a state file from a pipe.
+type compressor struct {
+	cmd    *exec.Cmd
+	stderr *tailBuffer
+	done   chan struct{}
+	err    error
+}
+
+// startCompressor starts zstd writing to path (created exclusively) and
+// returns it with the write end of its input pipe.
+func startCompressor(path string) (*compressor, *os.File, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("state pipe: %w", err)
+	}
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		return nil, nil, fmt.Errorf("state file: %w", err)
+	}
+	c := &compressor{stderr: &tailBuffer{max: 4 << 10}, done: make(chan struct{})}
+	c.cmd = exec.Command("zstd", "-1", "-T0", "-q", "-c")
+	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = pr, out, c.stderr
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	err = c.cmd.Start()
+	pr.Close()
+	out.Close()
+	if err != nil {
+		pw.Close()
+		os.Remove(path)
+		return nil, nil, fmt.Errorf("start zstd: %w", err)
+	}
+	go func() {
+		c.err = c.cmd.Wait()
+		close(c.done)
+	}()
+	return c, pw, nil
+}
+
+// wait waits until zstd has written everything and exited.
+func (c *compressor) wait(ctx context.Context) error {
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		c.abort()
+		return ctx.Err()
+	}
+	if c.err != nil {
+		return fmt.Errorf("zstd: %v: %s", c.err, strings.TrimSpace(c.stderr.String()))
+	}
+	return nil
+}
+
+// decompressor is a zstd process feeding a state file into a pipe.
+type decompressor = compressor
+
+// startDecompressor starts zstd -d reading path and returns it with the
+// read end of its output pipe.
+func startDecompressor(path string) (*decompressor, *os.File, error) {
+	in, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("state file: %w", err)
+	}
+	defer in.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("state pipe: %w", err)
+	}
+	c := &compressor{stderr: &tailBuffer{max: 4 << 10}, done: make(chan struct{})}
+	c.cmd = exec.Command("zstd", "-dcq")
+	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = in, pw, c.stderr
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	err = c.cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return nil, nil, fmt.Errorf("start zstd: %w", err)
+	}
+	go func() {
+		c.err = c.cmd.Wait()
+		close(c.done)
+	}()
+	return c, pr, nil
+}
+
+// abort kills zstd (QEMU may still hold the pipe open) and reaps it.
+func (c *compressor) abort() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	_ = c.cmd.Process.Kill()
+	<-c.done
 }
 
 func syncFile(path string) error {
@@ -533,8 +677,4 @@ func diskUsage(path string) int64 {
 		return 0
 	}
 	return st.Blocks * 512
-}
-
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

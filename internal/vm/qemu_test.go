@@ -285,10 +285,14 @@ func TestKillDuringSaveLeavesNoState(t *testing.T) {
 		_, err := m.Snapshot(context.Background(), state, filepath.Join(dir, "next.qcow2"))
 		errc <- err
 	}()
-	// Kill QEMU as soon as the (temporary) state file exists: mid-save.
+	// Kill QEMU as soon as the (temporary) state file has data: mid-save.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
-		if tmp, _ := filepath.Glob(state + ".tmp-*"); len(tmp) > 0 {
-			break
+		tmp, _ := filepath.Glob(state + ".tmp-*")
+		if len(tmp) > 0 {
+			if fi, err := os.Stat(tmp[0]); err == nil && fi.Size() > 0 {
+				t.Logf("killing QEMU with %d bytes of state written", fi.Size())
+				break
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("no temporary state file appeared")

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -182,11 +183,33 @@ func (c *qmpClient) readLoop(br *bufio.Reader) {
 // Execute runs a QMP command with args (nil for none) and decodes its
 // return value into out (nil to ignore it).
 func (c *qmpClient) Execute(ctx context.Context, cmd string, args any, out any) error {
+	return c.execute(ctx, cmd, args, out, -1)
+}
+
+// SendFD passes the open file descriptor fd to QEMU under name (QMP getfd
+// with SCM_RIGHTS); QEMU keeps its own copy.
+func (c *qmpClient) SendFD(ctx context.Context, name string, fd int) error {
+	return c.execute(ctx, "getfd", map[string]any{"fdname": name}, nil, fd)
+}
+
+func (c *qmpClient) execute(ctx context.Context, cmd string, args any, out any, fd int) error {
+	return c.send(cmd, args, fd)(ctx, out)
+}
+
+// qmpWait waits for the reply of a sent command.
+type qmpWait func(ctx context.Context, out any) error
+
+// Send writes a command without waiting for its reply: several commands
+// sent in a row are executed by QEMU in order without a round trip each.
+func (c *qmpClient) Send(cmd string, args any) qmpWait { return c.send(cmd, args, -1) }
+
+func (c *qmpClient) send(cmd string, args any, fd int) qmpWait {
+	fail := func(err error) qmpWait { return func(context.Context, any) error { return err } }
 	c.mu.Lock()
 	if c.closed {
 		err := c.readErr
 		c.mu.Unlock()
-		return fmt.Errorf("qmp %s: connection closed: %v", cmd, err)
+		return fail(fmt.Errorf("qmp %s: connection closed: %v", cmd, err))
 	}
 	c.nextID++
 	id := "s" + strconv.Itoa(c.nextID)
@@ -200,32 +223,44 @@ func (c *qmpClient) Execute(ctx context.Context, cmd string, args any, out any) 
 	}
 	b, err := json.Marshal(msg)
 	if err != nil {
-		return fmt.Errorf("qmp %s: encode: %w", cmd, err)
+		c.forget(id)
+		return fail(fmt.Errorf("qmp %s: encode: %w", cmd, err))
 	}
 	c.wmu.Lock()
-	_, err = c.conn.Write(append(b, '\n'))
+	if fd >= 0 {
+		uc, ok := c.conn.(*net.UnixConn)
+		if !ok {
+			err = errors.New("passing a file descriptor needs a unix socket")
+		} else {
+			_, _, err = uc.WriteMsgUnix(append(b, '\n'), syscall.UnixRights(fd), nil)
+		}
+	} else {
+		_, err = c.conn.Write(append(b, '\n'))
+	}
 	c.wmu.Unlock()
 	if err != nil {
 		c.forget(id)
-		return fmt.Errorf("qmp %s: write: %w", cmd, err)
+		return fail(fmt.Errorf("qmp %s: write: %w", cmd, err))
 	}
-	select {
-	case r, ok := <-ch:
-		if !ok {
-			return fmt.Errorf("qmp %s: connection closed before reply (QEMU exited?)", cmd)
-		}
-		if r.Error != nil {
-			return &QMPError{Command: cmd, Class: r.Error.Class, Desc: r.Error.Desc}
-		}
-		if out != nil && r.Return != nil {
-			if err := json.Unmarshal(r.Return, out); err != nil {
-				return fmt.Errorf("qmp %s: decode reply: %w", cmd, err)
+	return func(ctx context.Context, out any) error {
+		select {
+		case r, ok := <-ch:
+			if !ok {
+				return fmt.Errorf("qmp %s: connection closed before reply (QEMU exited?)", cmd)
 			}
+			if r.Error != nil {
+				return &QMPError{Command: cmd, Class: r.Error.Class, Desc: r.Error.Desc}
+			}
+			if out != nil && r.Return != nil {
+				if err := json.Unmarshal(r.Return, out); err != nil {
+					return fmt.Errorf("qmp %s: decode reply: %w", cmd, err)
+				}
+			}
+			return nil
+		case <-ctx.Done():
+			c.forget(id)
+			return fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
 		}
-		return nil
-	case <-ctx.Done():
-		c.forget(id)
-		return fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
 	}
 }
 
