@@ -131,21 +131,27 @@ func TestAgentUnderSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
+	// The old agent may die mid-call (and may be too old to announce its
+	// successor), so every attempt has its own deadline.
 	var newInfo agentproto.Info
 	for {
-		newInfo, err = c.Handshake(ctx)
-		if err != nil {
-			t.Fatal(err)
+		if ctx.Err() != nil {
+			t.Fatal("the restarted agent never answered")
 		}
-		var pid bytes.Buffer
-		if _, err := c.Exec(ctx, agentproto.ExecRequest{Argv: []string{"pgrep", "-x", "strata-agent"}}, nil, &pid, nil); err != nil {
-			t.Fatal(err)
+		actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		var pid, exe bytes.Buffer
+		newInfo, err = c.Handshake(actx)
+		if err == nil {
+			_, err = c.Exec(actx, agentproto.ExecRequest{Argv: []string{"pgrep", "-x", "strata-agent"}}, nil, &pid, nil)
 		}
-		var exe bytes.Buffer
-		_, _ = c.Exec(ctx, agentproto.ExecRequest{Argv: []string{"sh", "-c", "sha256sum < /proc/" + strings.TrimSpace(pid.String()) + "/exe"}}, nil, &exe, nil)
-		if strings.HasPrefix(exe.String(), sha256hex(bin)) {
+		if err == nil {
+			_, err = c.Exec(actx, agentproto.ExecRequest{Argv: []string{"sh", "-c", "sha256sum < /proc/" + strings.TrimSpace(pid.String()) + "/exe"}}, nil, &exe, nil)
+		}
+		cancel()
+		if err == nil && strings.HasPrefix(exe.String(), sha256hex(bin)) {
 			break
 		}
+		t.Logf("waiting for the new agent: %v", err)
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Logf("agent restarted: %+v", newInfo)
