@@ -197,7 +197,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		w.rep.emit(runEvent{Event: "output", Runner: w.runner, Layerfile: w.file, Text: string(w.buf[:i])})
+		w.rep.emit(runEvent{Event: "output", Runner: w.runner, Layerfile: w.file, Text: lastSegment(w.buf[:i])})
 		w.buf = w.buf[i+1:]
 	}
 	return len(p), nil
@@ -205,9 +205,19 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 
 func (w *lineWriter) Flush() {
 	if len(w.buf) > 0 {
-		w.rep.emit(runEvent{Event: "output", Runner: w.runner, Layerfile: w.file, Text: string(w.buf)})
+		w.rep.emit(runEvent{Event: "output", Runner: w.runner, Layerfile: w.file, Text: lastSegment(w.buf)})
 		w.buf = nil
 	}
+}
+
+// lastSegment is what a terminal shows of a line that redraws itself with
+// carriage returns (progress counters): the text after the last one.
+func lastSegment(line []byte) string {
+	s := strings.TrimRight(string(line), "\r")
+	if i := strings.LastIndexByte(s, '\r'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
 }
 
 func isTerminal(f *os.File) bool {
