@@ -363,15 +363,27 @@ func TestAgentInVMSurvivesSaveAndRestore(t *testing.T) {
 		v := startQEMU(t, dir, name, kernel, initrd, "exec:cat "+state)
 		v.qmp.waitMigration(t)
 		v.qmp.do("cont", nil)
-		rc := v.client()
-		defer rc.Close()
 		t0 := time.Now()
+		var firstByte time.Duration
+		rc := agentproto.NewClient(func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "unix", v.agent)
+			if err != nil {
+				return nil, err
+			}
+			return &firstReadConn{Conn: c, at: func() {
+				if firstByte == 0 {
+					firstByte = time.Since(t0)
+				}
+			}}, nil
+		})
+		defer rc.Close()
 		rinfo, err := rc.Handshake(ctx)
 		if err != nil {
 			t.Errorf("%s: handshake: %v", name, err)
 			return
 		}
-		t.Logf("%s: restored agent answered %v after cont", name, time.Since(t0))
+		t.Logf("%s: restored agent answered %v after cont (first byte from the guest after %v)", name, time.Since(t0), firstByte)
 		if rinfo.BootID != info.BootID {
 			t.Errorf("%s: boot id %s, want the saved VM's %s", name, rinfo.BootID, info.BootID)
 		}
@@ -414,4 +426,18 @@ func TestAgentInVMSurvivesSaveAndRestore(t *testing.T) {
 		}
 	})
 	t.Run("again", func(t *testing.T) { restore(t, "copy3") })
+}
+
+// firstReadConn calls at on every read that returned data.
+type firstReadConn struct {
+	net.Conn
+	at func()
+}
+
+func (c *firstReadConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.at()
+	}
+	return n, err
 }

@@ -51,9 +51,11 @@ const (
 	headerSize = 12
 	// trailerSize is the payload CRC.
 	trailerSize = 4
+	// maxFrame is the size of the largest frame.
+	maxFrame = headerSize + MaxPayload + trailerSize
 	// PadSize is the number of zero bytes a peer writes before opening a
 	// session: enough to complete any partial frame the reader is stuck in.
-	PadSize = headerSize + MaxPayload + trailerSize
+	PadSize = maxFrame
 )
 
 // magic starts every frame. 0xF5 never appears in ASCII or in UTF-8 text.
@@ -99,7 +101,7 @@ type Decoder struct {
 
 // NewDecoder returns a Decoder reading from r.
 func NewDecoder(r io.Reader) *Decoder {
-	return &Decoder{r: r, buf: make([]byte, 2*PadSize)}
+	return &Decoder{r: r, buf: make([]byte, 2*maxFrame)}
 }
 
 // Reset forgets any buffered bytes (for example after the peer went away,
