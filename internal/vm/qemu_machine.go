@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-ci/strata/internal/agentproto"
 )
 
@@ -418,6 +420,7 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 	node := "ov" + strconv.Itoa(m.seq)
 	if err := m.qmp.Execute(ctx, "blockdev-add", map[string]any{
 		"driver": "qcow2", "node-name": node, "discard": "unmap",
+		"cache":   map[string]any{"no-flush": true},
 		"file":    map[string]any{"driver": "file", "filename": absNext},
 		"backing": nil,
 	}, nil); err != nil {
@@ -568,9 +571,9 @@ type compressor struct {
 // startCompressor starts zstd writing to path (created exclusively) and
 // returns it with the write end of its input pipe.
 func startCompressor(path string) (*compressor, *os.File, error) {
-	pr, pw, err := os.Pipe()
+	pr, pw, err := statePipe()
 	if err != nil {
-		return nil, nil, fmt.Errorf("state pipe: %w", err)
+		return nil, nil, err
 	}
 	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
@@ -611,6 +614,17 @@ func (c *compressor) wait(ctx context.Context) error {
 	return nil
 }
 
+// statePipe makes a pipe with a large buffer (1 MiB, the default maximum
+// for unprivileged users) so QEMU and zstd wake each other less often.
+func statePipe() (r, w *os.File, err error) {
+	r, w, err = os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("state pipe: %w", err)
+	}
+	_, _ = unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	return r, w, nil
+}
+
 // decompressor is a zstd process feeding a state file into a pipe.
 type decompressor = compressor
 
@@ -622,9 +636,9 @@ func startDecompressor(path string) (*decompressor, *os.File, error) {
 		return nil, nil, fmt.Errorf("state file: %w", err)
 	}
 	defer in.Close()
-	pr, pw, err := os.Pipe()
+	pr, pw, err := statePipe()
 	if err != nil {
-		return nil, nil, fmt.Errorf("state pipe: %w", err)
+		return nil, nil, err
 	}
 	c := &compressor{stderr: &tailBuffer{max: 4 << 10}, done: make(chan struct{})}
 	c.cmd = exec.Command("zstd", "-dcq")
