@@ -20,7 +20,9 @@ const DiskSize = "60G"
 
 // Cmdline is the kernel command line of every base image. No panic=
 // setting: what happens on a kernel panic is the driver's choice.
-const Cmdline = "root=/dev/vda rootfstype=ext4 rw console=ttyS0 net.ifnames=0 quiet"
+// no_timer_check: on a loaded host the TCG guest's timer check can fail and
+// panic the kernel ("IO-APIC + timer doesn't work").
+const Cmdline = "root=/dev/vda rootfstype=ext4 rw console=ttyS0 net.ifnames=0 no_timer_check quiet"
 
 // requiredModules must be in the initramfs (or built into the kernel).
 var requiredModules = []string{"virtio_pci", "virtio_blk", "virtio_console", "virtio_net", "ext4"}
@@ -200,6 +202,10 @@ ExecStart=/usr/local/bin/strata-agent
 Restart=always
 RestartSec=200ms
 OOMScoreAdjust=-1000
+# RUN BACKGROUND processes outlive an agent restart, and RUN commands are
+# not limited by the agent unit's task count.
+KillMode=process
+TasksMax=infinity
 
 [Install]
 WantedBy=sysinit.target
