@@ -423,15 +423,8 @@ func hostMemoryMB() int {
 // no more than memory allows at 2 GiB per VM plus headroom.
 func defaultJobs() int {
 	n := runtime.NumCPU()
-	var si unix.Sysinfo_t
-	if unix.Sysinfo(&si) == nil {
-		mem := int(uint64(si.Totalram) * uint64(si.Unit) / (3 << 30))
-		if mem < n {
-			n = mem
-		}
+	if byMem := hostMemoryMB() / 3072; byMem < n {
+		n = byMem
 	}
-	if n < 1 {
-		n = 1
-	}
-	return n
+	return max(n, 1)
 }
