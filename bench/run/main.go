@@ -28,6 +28,7 @@ import (
 func main() {
 	strata := flag.String("strata", "bin/strata", "strata binary (build it with make build)")
 	docker := flag.Bool("docker", true, "also measure the Docker scenario (several minutes)")
+	graph := flag.Bool("graph", true, "also measure examples/graph (one child's file changed)")
 	keep := flag.Bool("keep", false, "keep the temporary STRATA_HOME")
 	flag.Parse()
 	bin, err := filepath.Abs(*strata)
@@ -61,6 +62,9 @@ func main() {
 	fmt.Printf("\n10-step Layerfile: cold %.1fs, no-op rerun %.3fs\n", cold.Seconds(), warm.Seconds())
 	fmt.Printf("  no-op rerun / cold = %.4f (target <= 0.01, and under 1 s)\n", warm.Seconds()/cold.Seconds())
 
+	if *graph {
+		measureGraph(bin, append(env, "STRATA_HOME="+filepath.Join(home, "graph")))
+	}
 	if !*docker {
 		return
 	}
@@ -83,6 +87,34 @@ func main() {
 	fmt.Printf("  store bytes added by the warm run: %.1f MiB\n", float64(added)/(1<<20))
 	out := run(bin, denv, "explain", work)
 	fmt.Printf("\n%s", out)
+}
+
+// measureGraph runs examples/graph cold, then warm with a new file in a/
+// (which a/ copies): only a's steps from its COPY on should run.
+func measureGraph(bin string, env []string) {
+	src, err := filepath.Abs("examples/graph")
+	check(err)
+	work, err := os.MkdirTemp("", "strata-bench-graph-")
+	check(err)
+	defer os.RemoveAll(work)
+	check(copyTree(src, work))
+	cold := timed(bin, env, "run", "--accept-buttons", work)
+	check(os.WriteFile(filepath.Join(work, "a", "notes.txt"), []byte("a new file\n"), 0o644))
+	start := time.Now()
+	out := run(bin, env, "run", "--accept-buttons", "--output", "json", work)
+	warm := time.Since(start)
+	ran := map[string]int{}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, `"event":"step"`) && strings.Contains(line, `"status":"ran"`) {
+			i := strings.Index(line, `"runner":"`)
+			if i >= 0 {
+				r := line[i+10:]
+				ran[r[:strings.IndexByte(r, '"')]]++
+			}
+		}
+	}
+	fmt.Printf("\nexamples/graph: cold %.1fs, warm (a new file in a/) %.1fs\n", cold.Seconds(), warm.Seconds())
+	fmt.Printf("  warm / cold = %.3f; steps that ran, per runner: %v\n", warm.Seconds()/cold.Seconds(), ran)
 }
 
 func timed(bin string, env []string, args ...string) time.Duration {
