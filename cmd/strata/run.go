@@ -334,7 +334,8 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 		})
 		maskedOut.Flush()
 		out.Flush()
-		if !(j.SplitPrefix && res.Passed() && res.Split > 0) {
+		merged := label(j.File, "status") == "merge" && !j.SplitPrefix
+		if !(j.SplitPrefix && res.Passed() && res.Split > 0) && !merged {
 			rep.emit(runEvent{Event: "layerfile", Layerfile: res.Layerfile, Runner: res.Runner, Status: res.Status, Seconds: res.Seconds, Error: res.Error})
 		}
 		return res
@@ -350,6 +351,17 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 		},
 	}) {
 		results = append(results, runs...)
+		// LABEL status=merge: the SPLIT copies are reported as one.
+		if last := runs[len(runs)-1]; len(runs) > 1 && label(repo.File(last.Path), "status") == "merge" {
+			merged := runs[1]
+			for _, c := range runs[1:] {
+				merged.Seconds = max(merged.Seconds, c.Seconds)
+				if !c.Passed() {
+					merged.Status, merged.Error = c.Status, c.Error
+				}
+			}
+			rep.emit(runEvent{Event: "layerfile", Layerfile: merged.Layerfile, Runner: runs[0].Runner, Status: merged.Status, Seconds: merged.Seconds, Error: merged.Error})
+		}
 	}
 
 	for _, res := range results {
@@ -378,12 +390,24 @@ func countErrors(ds []layerfile.Diagnostic) int {
 
 // runnerName is LABEL display_name, else the folder-derived name.
 func runnerName(f *layerfile.File, rel string) string {
-	for _, ins := range f.Instructions {
-		if ins.Kind == layerfile.Label && ins.Label.Key == "display_name" {
-			return ins.Label.Value
-		}
+	if name := label(f, "display_name"); name != "" {
+		return name
 	}
 	return runenv.RunnerName(rel)
+}
+
+// label is the value of the Layerfile's last LABEL key=..., or "".
+func label(f *layerfile.File, key string) string {
+	v := ""
+	if f == nil {
+		return v
+	}
+	for _, ins := range f.Instructions {
+		if ins.Kind == layerfile.Label && ins.Label.Key == key {
+			v = ins.Label.Value
+		}
+	}
+	return v
 }
 
 // overall folds Layerfile results into the run status and exit code.
