@@ -104,6 +104,10 @@ func run(mem, cpus, restores, containers int, keep bool) error {
 	}
 	fmt.Printf("snapshot: guest paused %s, complete after %s; state %.1f MiB + disk layer %.1f MiB on disk\n",
 		snap.Pause, rd(snap.Total), mib(snap.StateBytes), mib(snap.DiskBytes))
+	if st, ok := vm.LastMigration(m); ok {
+		fmt.Printf("  QEMU: downtime %s, setup %s, migration total %s, %.1f MiB of RAM in the stream\n",
+			st.Downtime, st.Setup, st.Total, mib(st.RAMWritten))
+	}
 	m.Close()
 
 	files := vm.SnapshotFiles{Disk: layer, State: state, MachineArgs: q.MachineArgs(img, spec)}

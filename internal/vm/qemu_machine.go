@@ -36,6 +36,8 @@ type qemuMachine struct {
 	started time.Time
 	timings Timings
 
+	lastMigration migrateInfo // last completed migration (diagnostics)
+
 	qmp       *qmpClient
 	agent     *agentproto.Client
 	stopWatch chan struct{}
@@ -63,6 +65,36 @@ func MachineTimings(m Machine) (Timings, bool) {
 		return Timings{}, false
 	}
 	return qm.timings, true
+}
+
+// MigrationStats is what QEMU reported for a machine's last completed
+// snapshot (or, after Restore, the incoming load).
+type MigrationStats struct {
+	Downtime   time.Duration // QEMU's own count of the guest's downtime
+	Setup      time.Duration // migration setup
+	Total      time.Duration // whole migration
+	RAMWritten int64         // RAM bytes in the stream (before compression)
+}
+
+// LastMigration returns QEMU's statistics for m's last completed
+// migration (machines created by QEMU only).
+func LastMigration(m Machine) (MigrationStats, bool) {
+	qm, ok := m.(*qemuMachine)
+	if !ok {
+		return MigrationStats{}, false
+	}
+	qm.mu.Lock()
+	mi := qm.lastMigration
+	qm.mu.Unlock()
+	st := MigrationStats{
+		Downtime: time.Duration(mi.Downtime) * time.Millisecond,
+		Setup:    time.Duration(mi.SetupTime) * time.Millisecond,
+		Total:    time.Duration(mi.TotalTime) * time.Millisecond,
+	}
+	if mi.RAM != nil {
+		st.RAMWritten = mi.RAM.Transferred
+	}
+	return st, mi.Status == "completed"
 }
 
 // ConsoleLog returns the serial console output of a machine created by
@@ -156,6 +188,7 @@ func (m *qemuMachine) waitMigration(ctx context.Context, every time.Duration) er
 		}
 		switch mi.Status {
 		case "completed":
+			m.lastMigration = mi
 			return nil
 		case "failed", "cancelled":
 			if mi.ErrorDesc != "" {
