@@ -306,3 +306,29 @@ func TestTwoRunsAtOnceShareTheStoreSafely(t *testing.T) {
 		t.Fatalf("after concurrent runs: %s", statuses(r))
 	}
 }
+
+func TestButtonAsksAgainWhenAStepBelowRuns(t *testing.T) {
+	h := newHarness(t)
+	asked := 0
+	approve := func(c *Config) {
+		c.Button = func(ctx context.Context, runner, msg string) error { asked++; return nil }
+	}
+	lf := "FROM vm/debian:12\nRUN echo a >> /x\nBUTTON ship it?\nRUN echo b >> /x\n"
+	if r := h.run(lf, approve); r.Status != Passed || asked != 1 {
+		t.Fatalf("%s asked %d", r.Status, asked)
+	}
+	// Nothing runs: no question.
+	if r := h.run(lf, approve); statuses(r) != "reused reused reused" || asked != 1 {
+		t.Fatalf("%s asked %d", statuses(r), asked)
+	}
+	// The step below the button runs again: it asks again, and without
+	// anyone to answer the step fails saying how to approve.
+	lf2 := strings.Replace(lf, "echo b", "echo c", 1)
+	r := h.run(lf2, nil)
+	if r.Status != Failed || statuses(r) != "reused failed skipped" || !strings.Contains(r.Error, "--accept-buttons") {
+		t.Fatalf("%s %s %q", r.Status, statuses(r), r.Error)
+	}
+	if r := h.run(lf2, approve); r.Status != Passed || asked != 2 {
+		t.Fatalf("%s asked %d", r.Status, asked)
+	}
+}

@@ -65,6 +65,9 @@ func Run(ctx context.Context, cfg *Config, job *Job) Result {
 			}
 		}
 	}
+	if r.plan != nil {
+		_ = cfg.Store.SaveRun(runKey(job), r.result)
+	}
 	return r.result
 }
 
@@ -147,7 +150,6 @@ func (r *runner) run(ctx context.Context) error {
 	if cfg.Store.LoadRun(runKey(job), &prev) == nil {
 		r.prev = &prev
 	}
-	defer func() { _ = cfg.Store.SaveRun(runKey(job), r.result) }()
 
 	restoreAt, restoreLayer := r.deepestReusable()
 	if restoreAt == 0 {
@@ -158,6 +160,16 @@ func (r *runner) run(ctx context.Context) error {
 		}
 	}
 	for _, s := range p.steps[:restoreAt] {
+		// A BUTTON guards what follows it: when anything after it runs
+		// again, a person approves again.
+		if s.ins.Kind == layerfile.Button && restoreAt < len(p.steps) {
+			if err := r.askButton(ctx, s); err != nil {
+				r.report(s, StatusFailed, "a step below it runs", 0, "")
+				r.skipRest(s)
+				r.result.Status = Failed
+				return err
+			}
+		}
 		r.report(s, StatusReused, "", 0, "")
 	}
 	if restoreLayer.ID != "" {
@@ -395,11 +407,8 @@ func (r *runner) close() {
 // ("" when none was taken).
 func (r *runner) execute(ctx context.Context, s *step) (string, error) {
 	if s.ins.Kind == layerfile.Button {
-		if r.cfg.Button == nil {
-			return "", &stepError{step: s, err: fmt.Errorf("BUTTON %q needs approval: run in a terminal to answer it, or pass --accept-buttons", s.ins.Button.Message)}
-		}
-		if err := r.cfg.Button(ctx, r.job.Runner, s.ins.Button.Message); err != nil {
-			return "", &stepError{step: s, err: err}
+		if err := r.askButton(ctx, s); err != nil {
+			return "", err
 		}
 	}
 	if port := exposedPort(s); port != 0 {
@@ -435,6 +444,17 @@ func (r *runner) execute(ctx context.Context, s *step) (string, error) {
 		return "", nil
 	}
 	return r.snapshot(ctx, s)
+}
+
+// askButton asks a person to approve a BUTTON step.
+func (r *runner) askButton(ctx context.Context, s *step) error {
+	if r.cfg.Button == nil {
+		return &stepError{step: s, err: fmt.Errorf("BUTTON %q needs approval: run in a terminal to answer it, or pass --accept-buttons", s.ins.Button.Message)}
+	}
+	if err := r.cfg.Button(ctx, r.job.Runner, s.ins.Button.Message); err != nil {
+		return &stepError{step: s, err: err}
+	}
+	return nil
 }
 
 // executeRepeatable runs a RUN REPEATABLE step from the state its last
