@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/strata-ci/strata/internal/layerfile"
@@ -19,7 +20,19 @@ type harness struct {
 	repo string
 	st   *store.Store
 	hv   *fakeHypervisor
-	out  bytes.Buffer
+	out  lockedBuffer
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent runs.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
 }
 
 func newHarness(t *testing.T) *harness {

@@ -133,6 +133,19 @@ func (m *fakeMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 	return vm.SnapshotResult{}, os.WriteFile(nextOverlay, nil, 0o644)
 }
 
+func (m *fakeMachine) StartSnapshot(ctx context.Context, statePath, nextOverlay string) (func(context.Context) (vm.SnapshotResult, error), error) {
+	// Like QEMU's background save: the state is the one at this instant,
+	// written later.
+	data, _ := json.Marshal(m.fs)
+	m.overlay = nextOverlay
+	if err := os.WriteFile(nextOverlay, nil, 0o644); err != nil {
+		return nil, err
+	}
+	return func(context.Context) (vm.SnapshotResult, error) {
+		return vm.SnapshotResult{}, os.WriteFile(statePath, data, 0o644)
+	}, nil
+}
+
 func (m *fakeMachine) Forward(ctx context.Context, guestPort int) (string, error) {
 	return "", fmt.Errorf("not supported")
 }

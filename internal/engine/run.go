@@ -35,8 +35,10 @@ type runner struct {
 	active *store.Active
 	// base is the committed layer the VM state equals when clean is true
 	// ("" with clean means the pristine base image).
-	base  string
-	clean bool
+	base      string
+	clean     bool
+	baseDepth int              // qcow2 chain depth of base
+	pending   *pendingSnapshot // being saved in the background
 
 	owners map[string]repofiles.Owner
 	// cacheGen is the CACHE content generation the guest holds per
@@ -368,6 +370,7 @@ func (r *runner) startFrom(ctx context.Context, layerID string) error {
 	var m vm.Machine
 	r.cacheGen, r.cacheFP, r.cacheReady = map[string]int64{}, map[string]string{}, map[string]bool{}
 	if layerID == "" {
+		r.baseDepth = 0
 		r.emit(Event{Kind: "info", Message: "booting " + r.plan.image})
 		m, err = r.cfg.Hypervisor.Boot(ctx, r.img.Image, active.Overlay(), r.spec)
 	} else {
@@ -378,6 +381,7 @@ func (r *runner) startFrom(ctx context.Context, layerID string) error {
 		}
 		r.emit(Event{Kind: "info", Message: "restoring snapshot " + layerID[:8] + " (" + l.Instruction + ")"})
 		r.cacheGen = restoredCacheGen(l)
+		r.baseDepth = l.Depth
 		m, err = r.cfg.Hypervisor.Restore(ctx, r.img.Image, vm.SnapshotFiles{
 			Disk: st.DiskPath(layerID), State: st.StatePath(layerID), MachineArgs: l.MachineArgs,
 		}, active.Overlay(), r.spec)
@@ -393,6 +397,9 @@ func (r *runner) startFrom(ctx context.Context, layerID string) error {
 
 // close stops the VM and throws away its uncommitted overlay.
 func (r *runner) close() {
+	if err := r.flush(context.Background()); err != nil && r.result.Error == "" {
+		r.emit(Event{Kind: "info", Message: "warning: " + err.Error()})
+	}
 	if r.m != nil {
 		_ = r.m.Close()
 		r.m = nil
@@ -495,9 +502,9 @@ func (r *runner) executeRepeatable(ctx context.Context, s *step) (string, error)
 	if err != nil {
 		return "", err
 	}
-	if err := st.SetRepeatable(r.repeatableScope(), r.job.Branch, string(s.textKey), id); err != nil {
-		return id, err
-	}
+	r.pending.afterCommit = append(r.pending.afterCommit, func(id string) error {
+		return st.SetRepeatable(r.repeatableScope(), r.job.Branch, string(s.textKey), id)
+	})
 	return id, nil
 }
 
@@ -550,25 +557,36 @@ func (r *runner) copyIn(ctx context.Context, entries []repofiles.Entry, deletes 
 	return nil
 }
 
-// snapshot commits the VM's current state as the layer after step s.
+// pendingSnapshot is a snapshot whose memory is still being saved while
+// the VM goes on with the next step.
+type pendingSnapshot struct {
+	active *store.Active
+	meta   store.Layer
+	finish func(context.Context) (vm.SnapshotResult, error)
+	// afterCommit runs once the layer is committed (e.g. a RUN REPEATABLE
+	// state pointer, which must never point at an unfinished layer).
+	afterCommit []func(id string) error
+}
+
+// snapshot takes the snapshot of the VM's state after step s and returns
+// its layer ID. The guest stops only for milliseconds; its memory is saved
+// in the background while the next step runs, and the layer is committed
+// by flush (before the next snapshot, before the VM closes).
 func (r *runner) snapshot(ctx context.Context, s *step) (string, error) {
+	if err := r.flush(ctx); err != nil {
+		return "", err
+	}
 	st := r.cfg.Store
 	next, err := st.Prepare(r.active.ID)
 	if err != nil {
 		return "", err
 	}
-	res, err := r.m.Snapshot(ctx, r.active.StatePath(), next.Overlay())
+	finish, err := r.m.StartSnapshot(ctx, r.active.StatePath(), next.Overlay())
 	if err != nil {
 		_ = st.Abort(next)
 		return "", fmt.Errorf("snapshot after step %d: %w", s.index, err)
 	}
-	parent := r.active.Parent
-	depth := 1
-	if parent != "" {
-		if pl, err := st.Get(parent); err == nil {
-			depth = pl.Depth + 1
-		}
-	}
+	depth := r.baseDepth + 1
 	meta := store.Layer{
 		Image:        r.img.ID,
 		Depth:        depth,
@@ -582,23 +600,46 @@ func (r *runner) snapshot(ctx context.Context, s *step) (string, error) {
 		Instruction:  s.ins.Text,
 		Reads:        s.reads,
 		Files:        s.files,
-		Pause:        res.Pause,
 		CacheGen:     cloneMap(r.cacheGen),
 	}
 	if s.ins.Kind == layerfile.Checkpoint && s.ins.Checkpoint.Name != "" {
 		meta.Checkpoint = s.ins.Checkpoint.Name
 	}
-	committed, err := st.Commit(r.active, meta)
+	id := r.active.ID
+	r.pending = &pendingSnapshot{active: r.active, meta: meta, finish: finish}
+	r.active, r.base, r.clean, r.baseDepth = next, id, true, depth
+	r.result.FinalLayer = id
+	return id, nil
+}
+
+// flush waits for the snapshot being saved, if any, and commits it.
+func (r *runner) flush(ctx context.Context) error {
+	p := r.pending
+	if p == nil {
+		return nil
+	}
+	r.pending = nil
+	st := r.cfg.Store
+	res, err := p.finish(ctx)
 	if err != nil {
-		_ = st.Abort(next)
-		return "", err
+		_ = st.Abort(p.active)
+		return fmt.Errorf("snapshot after step %d: %w", p.meta.Step, err)
 	}
-	if err := st.Record(string(s.key), committed.ID); err != nil {
-		return "", err
+	p.meta.Pause = res.Pause
+	committed, err := st.Commit(p.active, p.meta)
+	if err != nil {
+		_ = st.Abort(p.active)
+		return err
 	}
-	r.active, r.base, r.clean = next, committed.ID, true
-	r.result.FinalLayer = committed.ID
-	return committed.ID, nil
+	if err := st.Record(p.meta.Key, committed.ID); err != nil {
+		return err
+	}
+	for _, f := range p.afterCommit {
+		if err := f(committed.ID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // runInVM performs a step that changes the VM.

@@ -89,6 +89,12 @@ type Machine interface {
 	// layer, left at its path) and writes memory and device state to
 	// statePath; the VM continues on a new overlay created at nextOverlay.
 	Snapshot(ctx context.Context, statePath, nextOverlay string) (SnapshotResult, error)
+	// StartSnapshot is Snapshot that returns as soon as the guest runs
+	// again (the disk already switched to nextOverlay), while memory keeps
+	// being saved in the background. finish waits until statePath is
+	// complete and synced; it must be called exactly once, before the next
+	// snapshot and before Close. The guest may run commands meanwhile.
+	StartSnapshot(ctx context.Context, statePath, nextOverlay string) (finish func(context.Context) (SnapshotResult, error), err error)
 	// Forward forwards a loopback port on the host to guestPort and
 	// returns the host address ("127.0.0.1:NNNNN").
 	Forward(ctx context.Context, guestPort int) (string, error)

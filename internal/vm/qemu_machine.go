@@ -35,6 +35,9 @@ type qemuMachine struct {
 
 	started time.Time
 	timings Timings
+	// pendingSave is closed when the snapshot being saved in the
+	// background is finished (nil when none is).
+	pendingSave chan struct{}
 
 	lastMigration migrateInfo // last completed migration (diagnostics)
 
@@ -386,28 +389,44 @@ func (m *qemuMachine) Close() error {
 // saved in the background (background-snapshot: userfaultfd write
 // protection copies a page before the guest changes it).
 func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay string) (SnapshotResult, error) {
+	finish, err := m.StartSnapshot(ctx, statePath, nextOverlay)
+	if err != nil {
+		return SnapshotResult{}, err
+	}
+	return finish(ctx)
+}
+
+// StartSnapshot implements Machine: it returns once the disk is switched
+// and the guest runs again; RAM keeps streaming to the state file in the
+// background until finish is called.
+func (m *qemuMachine) StartSnapshot(ctx context.Context, statePath, nextOverlay string) (finish func(context.Context) (SnapshotResult, error), err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var res SnapshotResult
 	if m.closed {
-		return res, errors.New("snapshot: machine closed")
+		return nil, errors.New("snapshot: machine closed")
 	}
-	ctx, cancel := m.untilExit(ctx)
-	defer cancel()
+	if m.pendingSave != nil {
+		return nil, errors.New("snapshot: the previous snapshot is still being saved")
+	}
 	start := time.Now()
+	startCtx, cancel := m.untilExit(ctx)
+	defer cancel()
+	ctx = startCtx
+	fail := func(err error) (func(context.Context) (SnapshotResult, error), error) { return nil, err }
 
 	absNext, err := filepath.Abs(nextOverlay)
 	if err != nil {
-		return res, fmt.Errorf("snapshot: %w", err)
+		return fail(fmt.Errorf("snapshot: %w", err))
 	}
 	_, size, err := diskFormat(m.overlay)
 	if err != nil {
-		return res, fmt.Errorf("snapshot: %w", err)
+		return fail(fmt.Errorf("snapshot: %w", err))
 	}
 	// Created before the pause: qemu-img create -u does not open the
 	// (locked, in use) current overlay.
 	if err := m.q.createOverlay(ctx, absNext, m.overlay, "qcow2", size, true); err != nil {
-		return res, fmt.Errorf("snapshot: %w", err)
+		return fail(fmt.Errorf("snapshot: %w", err))
 	}
 	tmp := statePath + ".tmp-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 
@@ -418,12 +437,13 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 	z, pw, err := startCompressor(tmp)
 	if err != nil {
 		os.Remove(absNext)
-		return res, fmt.Errorf("snapshot: %w", err)
+		return fail(fmt.Errorf("snapshot: %w", err))
 	}
 	committed := false
+	handedOff := false // finish owns the cleanup from here on
 	m.seq++
 	fdName := "state" + strconv.Itoa(m.seq)
-	defer func() {
+	cleanup := func() {
 		if !committed {
 			// Unused by a migration, QEMU would keep the pipe open.
 			cctx, c := context.WithTimeout(context.Background(), 2*time.Second)
@@ -432,12 +452,17 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 			z.abort()
 			os.Remove(tmp)
 		}
+	}
+	defer func() {
+		if !handedOff {
+			cleanup()
+		}
 	}()
 	err = m.qmp.SendFD(ctx, fdName, int(pw.Fd()))
 	pw.Close() // QEMU holds its own copy now
 	if err != nil {
 		os.Remove(absNext)
-		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: pass state pipe: %w", err))
+		return fail(m.wrapDied(ctx, fmt.Errorf("snapshot: pass state pipe: %w", err)))
 	}
 
 	bg := !m.q.noBackgroundSnapshot
@@ -458,11 +483,15 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 		"backing": nil,
 	}, nil); err != nil {
 		os.Remove(absNext)
-		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: add overlay: %w", err))
+		return fail(m.wrapDied(ctx, fmt.Errorf("snapshot: add overlay: %w", err)))
 	}
 
 	events, unsub := m.qmp.Subscribe()
-	defer unsub()
+	defer func() {
+		if !handedOff {
+			unsub()
+		}
+	}()
 
 	// The pause: stop, switch the disk, start the migration, sent in one
 	// write (QEMU runs them in order) so the guest waits for no round trip.
@@ -482,7 +511,11 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 			resumed = true
 		}
 	}
-	defer resume()
+	defer func() {
+		if !handedOff {
+			resume()
+		}
+	}()
 	if errStop != nil || errSwitch != nil {
 		if errMigrate == nil {
 			_ = m.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
@@ -495,7 +528,7 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 			_ = m.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
 			os.Remove(absNext)
 		}
-		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: pause and switch disk: %w", errors.Join(errStop, errSwitch)))
+		return fail(m.wrapDied(ctx, fmt.Errorf("snapshot: pause and switch disk: %w", errors.Join(errStop, errSwitch))))
 	}
 	frozen := m.overlay
 	m.overlay, m.node = absNext, node
@@ -509,7 +542,7 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 		errMigrate = m.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil)
 	}
 	if errMigrate != nil {
-		return res, m.wrapDied(ctx, fmt.Errorf("snapshot: migrate: %w", errMigrate))
+		return fail(m.wrapDied(ctx, fmt.Errorf("snapshot: migrate: %w", errMigrate)))
 	}
 
 	var stopAt, resumeAt time.Time
@@ -524,9 +557,63 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 			resumed = true
 			res.Pause = time.Since(pauseStart)
 		} else if ctx.Err() != nil {
-			return res, m.wrapDied(ctx, fmt.Errorf("snapshot: %w", context.Cause(ctx)))
+			return fail(m.wrapDied(ctx, fmt.Errorf("snapshot: %w", context.Cause(ctx))))
 		}
 	}
+	handedOff = true
+	saved := res
+	done := make(chan struct{})
+	m.pendingSave = done
+	finish = func(ctx context.Context) (res SnapshotResult, err error) {
+		defer func() {
+			unsub()
+			resume()
+			cleanup()
+			m.mu.Lock()
+			m.pendingSave = nil
+			m.mu.Unlock()
+			close(done)
+		}()
+		ctx, cancel := m.untilExit(ctx)
+		defer cancel()
+		res = saved
+		return m.finishSnapshot(ctx, finishArgs{
+			bg: bg, resumed: &resumed, resume: resume, pauseStart: pauseStart,
+			stopAt: stopAt, resumeAt: resumeAt, events: events, z: z, tmp: tmp,
+			frozen: frozen, statePath: statePath, start: start, committed: &committed,
+		}, res)
+	}
+	if !bg || !resumed {
+		// Saved while paused (or the guest waits for the save to
+		// resume): nothing to overlap; finish now.
+		r, err := finish(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return func(context.Context) (SnapshotResult, error) { return r, nil }, nil
+	}
+	return finish, nil
+}
+
+type finishArgs struct {
+	bg                     bool
+	resumed                *bool
+	resume                 func()
+	pauseStart             time.Time
+	stopAt, resumeAt       time.Time
+	events                 <-chan QMPEvent
+	z                      *compressor
+	tmp, frozen, statePath string
+	start                  time.Time
+	committed              *bool
+}
+
+// finishSnapshot waits until the state is saved, then syncs and names it.
+func (m *qemuMachine) finishSnapshot(ctx context.Context, a finishArgs, res SnapshotResult) (SnapshotResult, error) {
+	stopAt, resumeAt := a.stopAt, a.resumeAt
+	tmp, frozen, statePath, start := a.tmp, a.frozen, a.statePath, a.start
+	z, events, pauseStart := a.z, a.events, a.pauseStart
+	resumed, resume := *a.resumed, a.resume
 	if err := m.waitMigration(ctx, 10*time.Millisecond); err != nil {
 		if ctx.Err() != nil {
 			_ = m.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
@@ -554,7 +641,7 @@ func (m *qemuMachine) Snapshot(ctx context.Context, statePath, nextOverlay strin
 	if err := os.Rename(tmp, statePath); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
-	committed = true
+	*a.committed = true
 	if err := syncDir(filepath.Dir(statePath)); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
