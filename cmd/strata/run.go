@@ -263,6 +263,9 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 	if len(repo.Files) == 0 {
 		return withExit(2, fmt.Errorf("no Layerfile found below %s", root))
 	}
+	if err := checkSecretsGiven(repo, secrets); err != nil {
+		return withExit(2, err)
+	}
 
 	a, err := openApp(cmd.ErrOrStderr())
 	if err != nil {
@@ -374,6 +377,28 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 	rep.emit(runEvent{Event: "run", Status: status, Seconds: time.Since(start).Seconds()})
 	if code != 0 {
 		return withExit(code, fmt.Errorf("run %s", status))
+	}
+	return nil
+}
+
+// checkSecretsGiven fails before any VM starts when a SECRET ENV name has
+// no value.
+func checkSecretsGiven(repo *plan.Repo, secrets map[string]string) error {
+	var missing []string
+	for _, f := range repo.Files {
+		for _, ins := range f.Instructions {
+			if ins.Kind != layerfile.SecretEnv {
+				continue
+			}
+			for _, n := range ins.Names.Names {
+				if _, ok := secrets[n]; !ok {
+					missing = append(missing, fmt.Sprintf("%s (%s:%d)", n, repo.Rel(f.Path), ins.Pos.Line))
+				}
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("secrets not given: %s; pass --secret NAME=VALUE, --secret NAME (from the environment) or --secrets-file", strings.Join(missing, ", "))
 	}
 	return nil
 }

@@ -232,7 +232,7 @@ func TestSecretsNeverReachTheStore(t *testing.T) {
 		t.Fatalf("%s %q", statuses(r), r.Steps[0].Reason)
 	}
 	r = h.run(lf, nil)
-	if r.Status != Errored || !strings.Contains(r.Error, "secret TOKEN was not given") {
+	if r.Status != Failed || !strings.Contains(r.Error, "secret TOKEN was not given") {
 		t.Fatalf("missing secret: %s %q", r.Status, r.Error)
 	}
 }

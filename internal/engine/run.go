@@ -125,7 +125,9 @@ func (r *runner) run(ctx context.Context) error {
 	img := r.img
 	p, err := prepare(cfg, job, img.ID, r.args, digests)
 	if err != nil {
-		r.result.Status = Errored
+		// A COPY of a missing file, a secret not given...: the
+		// Layerfile fails before any VM starts.
+		r.result.Status = Failed
 		return err
 	}
 	p.base.img, p.base.spec, p.base.args = r.img, r.spec, r.args
