@@ -337,7 +337,7 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 		})
 		maskedOut.Flush()
 		out.Flush()
-		merged := label(j.File, "status") == "merge" && !j.SplitPrefix
+		merged := label(j.File, "status") == "merge" && !j.SplitPrefix && hasSplit(j.File)
 		if !(j.SplitPrefix && res.Passed() && res.Split > 0) && !merged {
 			rep.emit(runEvent{Event: "layerfile", Layerfile: res.Layerfile, Runner: res.Runner, Status: res.Status, Seconds: res.Seconds, Error: res.Error})
 		}
@@ -419,6 +419,15 @@ func runnerName(f *layerfile.File, rel string) string {
 		return name
 	}
 	return runenv.RunnerName(rel)
+}
+
+func hasSplit(f *layerfile.File) bool {
+	for _, ins := range f.Instructions {
+		if ins.Kind == layerfile.Split {
+			return true
+		}
+	}
+	return false
 }
 
 // label is the value of the Layerfile's last LABEL key=..., or "".

@@ -55,7 +55,9 @@ func runShell(cmd *cobra.Command, lfPath, at string) error {
 	var last *engine.Result
 	a.store.Runs(func(load func(any) error) bool {
 		var r engine.Result
-		if load(&r) == nil && r.Path == abs {
+		// A SPLIT Layerfile's prefix run (Split > 0) stops before the
+		// split: the copies hold its final states.
+		if load(&r) == nil && r.Path == abs && r.Split == 0 {
 			last = &r
 			return false
 		}

@@ -81,7 +81,8 @@ func serveResults(ctx context.Context, a *app, results []engine.Result, port int
 	defer unlock()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(results))
-	for i, res := range results {
+	portUsed := false
+	for _, res := range results {
 		if res.FinalLayer == "" {
 			continue
 		}
@@ -125,8 +126,8 @@ func serveResults(ctx context.Context, a *app, results []engine.Result, port int
 			continue
 		}
 		listen := "127.0.0.1:0"
-		if port != 0 && i == 0 {
-			listen = "127.0.0.1:" + strconv.Itoa(port)
+		if port != 0 && !portUsed {
+			listen, portUsed = "127.0.0.1:"+strconv.Itoa(port), true
 		}
 		wg.Add(1)
 		go func(runner string) {
@@ -137,13 +138,14 @@ func serveResults(ctx context.Context, a *app, results []engine.Result, port int
 		}(res.Runner)
 	}
 	fmt.Fprintln(out, "serving until Ctrl-C")
-	<-ctx.Done()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			return withExit(3, err)
-		}
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-errs: // a site could not be served (port taken...)
 	}
+	if failed != nil {
+		return withExit(3, failed)
+	}
+	wg.Wait()
 	return nil
 }

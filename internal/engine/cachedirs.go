@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-ci/strata/internal/fsutil"
 	"github.com/strata-ci/strata/internal/store"
 	"github.com/strata-ci/strata/internal/vm"
@@ -30,7 +32,20 @@ func (r *runner) caches() cacheStore {
 }
 
 func (c cacheStore) base(guestDir string) string {
-	return filepath.Join(c.dir, strings.NewReplacer("/", "_", ".", "-").Replace(strings.Trim(guestDir, "/")))
+	return filepath.Join(c.dir, safeFile(guestDir))
+}
+
+// flock takes an exclusive lock on path; the function releases it.
+func flock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // generation is the latest saved generation of guestDir (0: nothing saved).
@@ -69,7 +84,13 @@ func (r *runner) syncCachesIn(ctx context.Context, s *step) error {
 		if latest == 0 || r.cacheGen[dir] >= latest {
 			continue
 		}
+		unlock, err := flock(cs.base(dir) + ".lock")
+		if err != nil {
+			return err
+		}
+		latest = cs.generation(dir)
 		f, err := os.Open(cs.base(dir) + ".tar")
+		unlock() // the open file stays the content of generation latest
 		if err != nil {
 			return fmt.Errorf("CACHE %s: %w", dir, err)
 		}
@@ -124,12 +145,21 @@ func (r *runner) saveCachesOut(ctx context.Context, s *step) error {
 			os.Remove(tmp.Name())
 			return fmt.Errorf("CACHE %s: save: %w", dir, err)
 		}
-		gen := cs.generation(dir) + 1
-		if err := os.Rename(tmp.Name(), cs.base(dir)+".tar"); err != nil {
+		// Concurrent runs (and SPLIT copies) share the saved content: the
+		// tar and its generation change together under a lock.
+		unlock, err := flock(cs.base(dir) + ".lock")
+		if err != nil {
 			os.Remove(tmp.Name())
 			return err
 		}
-		if err := fsutil.WriteFileAtomic(cs.base(dir)+".gen", []byte(strconv.FormatInt(gen, 10)), 0o644); err != nil {
+		gen := cs.generation(dir) + 1
+		err = os.Rename(tmp.Name(), cs.base(dir)+".tar")
+		if err == nil {
+			err = fsutil.WriteFileAtomic(cs.base(dir)+".gen", []byte(strconv.FormatInt(gen, 10)), 0o644)
+		}
+		unlock()
+		if err != nil {
+			os.Remove(tmp.Name())
 			return err
 		}
 		r.cacheGen[dir], r.cacheFP[dir] = gen, fp.String()

@@ -345,3 +345,40 @@ func TestButtonAsksAgainWhenAStepBelowRuns(t *testing.T) {
 		t.Fatalf("%s asked %d", r.Status, asked)
 	}
 }
+
+func TestFreshRerunsEverythingBuiltOnTheRepeatableState(t *testing.T) {
+	h := newHarness(t)
+	lf := "FROM vm/debian:12\nRUN REPEATABLE echo x >> /log\nRUN echo after >> /log\n"
+	h.run(lf, nil)
+	r := h.run(lf, func(c *Config) { c.Fresh = true })
+	if statuses(r) != "ran ran" {
+		t.Fatalf("--fresh: %s", statuses(r))
+	}
+	if got := h.logOf(r.FinalLayer, "/log"); got != "x\nafter\n" {
+		t.Fatalf("log %q", got)
+	}
+}
+
+func TestModeChangeIsAChange(t *testing.T) {
+	h := newHarness(t)
+	h.write("run.sh", "echo hi")
+	lf := "FROM vm/debian:12\nCOPY run.sh /app/\nRUN echo ok >> /x\n"
+	h.run(lf, nil)
+	if err := os.Chmod(filepath.Join(h.repo, "run.sh"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.run(lf, nil); statuses(r) != "ran ran" || r.Steps[0].Reason != "file run.sh changed" {
+		t.Fatalf("after chmod: %s %q", statuses(r), r.Steps[0].Reason)
+	}
+}
+
+func TestSkipAfterDisabledCheckpointKeepsTheFinalState(t *testing.T) {
+	h := newHarness(t)
+	r := h.run("FROM vm/debian:12\nRUN echo a >> /x\nCHECKPOINT disabled\nRUN echo b >> /x\nENV X=1\nSKIP REMAINING IF X=1\nRUN exit 1\n", nil)
+	if r.Status != SkippedRemaining {
+		t.Fatalf("%s %s", r.Status, r.Error)
+	}
+	if got := h.logOf(r.FinalLayer, "/x"); got != "a\nb\n" {
+		t.Fatalf("final state holds %q", got)
+	}
+}

@@ -218,7 +218,9 @@ func prepare(cfg *Config, job *Job, imageID, machineArgs string, digests *repofi
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", ins.Pos, err)
 				}
-				reads[e.Source] = sum
+				// The mode is part of what a step read: chmod +x must
+				// not reuse a snapshot that has the old mode.
+				reads[e.Source] = sum + ":" + e.Mode.String()
 				files[e.Guest] = store.FileEntry{Source: e.Source, Digest: sum, Mode: uint32(e.Mode)}
 			}
 		case layerfile.Env:

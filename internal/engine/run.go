@@ -166,7 +166,7 @@ func (r *runner) run(ctx context.Context) error {
 	for _, s := range p.steps[:restoreAt] {
 		// A BUTTON guards what follows it: when anything after it runs
 		// again, a person approves again.
-		if s.ins.Kind == layerfile.Button && restoreAt < len(p.steps) {
+		if s.ins.Kind == layerfile.Button && restoreAt < len(p.steps) && !r.beforeSplit(s) {
 			if err := r.askButton(ctx, s); err != nil {
 				r.report(s, StatusFailed, "a step below it runs", 0, "")
 				r.skipRest(s)
@@ -227,6 +227,9 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		r.report(s, StatusRan, reason, secs, layer)
 		if s.skip {
+			if err := r.finalSnapshot(ctx, s); err != nil {
+				return err
+			}
 			r.result.Status = SkippedRemaining
 			return nil
 		}
@@ -236,17 +239,28 @@ func (r *runner) run(ctx context.Context) error {
 		r.result.Status = SkippedRemaining
 		return nil
 	}
-	// Make sure the final state is a snapshot (children and `strata up`
-	// start from it).
+	if len(p.steps) > 0 {
+		if err := r.finalSnapshot(ctx, p.steps[len(p.steps)-1]); err != nil {
+			return err
+		}
+	}
+	r.result.Status = Passed
+	return nil
+}
+
+// finalSnapshot makes sure the state after the last step run is a
+// committed snapshot (children, `shell` and `up` start from it).
+func (r *runner) finalSnapshot(ctx context.Context, last *step) error {
 	if !r.clean {
-		id, err := r.snapshot(ctx, p.steps[len(p.steps)-1])
-		if err != nil {
+		if _, err := r.snapshot(ctx, last); err != nil {
 			r.result.Status = Errored
 			return err
 		}
-		r.result.FinalLayer = id
 	}
-	r.result.Status = Passed
+	if err := r.flush(context.WithoutCancel(ctx)); err != nil {
+		r.result.Status = Errored
+		return err
+	}
 	return nil
 }
 
@@ -345,13 +359,24 @@ func (r *runner) deepestReusable() (int, store.Layer) {
 			if p, _ := firstDifference(c.Reads, s.reads); p != "" {
 				continue
 			}
-			if s.ins.Kind == layerfile.RunRepeatable && r.cfg.Fresh {
-				continue
+			if r.cfg.Fresh && r.atOrAfterRepeatable(i) {
+				continue // --fresh: nothing built on the old REPEATABLE state
 			}
 			return i + 1, c
 		}
 	}
 	return 0, store.Layer{}
+}
+
+// atOrAfterRepeatable reports whether step i is, or follows, a RUN
+// REPEATABLE step.
+func (r *runner) atOrAfterRepeatable(i int) bool {
+	for _, s := range r.plan.steps[:i+1] {
+		if s.ins.Kind == layerfile.RunRepeatable {
+			return true
+		}
+	}
+	return false
 }
 
 // ensureMachine starts the VM for the current base: a restore of the base
@@ -453,6 +478,20 @@ func (r *runner) execute(ctx context.Context, s *step) (string, error) {
 		return "", nil
 	}
 	return r.snapshot(ctx, s)
+}
+
+// beforeSplit reports whether s comes before this copy's SPLIT: the
+// steps before SPLIT were run (and their BUTTONs asked) once for all copies.
+func (r *runner) beforeSplit(s *step) bool {
+	if r.job.SplitPrefix {
+		return false
+	}
+	for _, o := range r.plan.steps[s.index:] {
+		if o.ins.Kind == layerfile.Split {
+			return true
+		}
+	}
+	return false
 }
 
 // askButton asks a person to approve a BUTTON step.
@@ -575,7 +614,8 @@ type pendingSnapshot struct {
 // in the background while the next step runs, and the layer is committed
 // by flush (before the next snapshot, before the VM closes).
 func (r *runner) snapshot(ctx context.Context, s *step) (string, error) {
-	if err := r.flush(ctx); err != nil {
+	// A finished step's snapshot is worth keeping even on Ctrl-C.
+	if err := r.flush(context.WithoutCancel(ctx)); err != nil {
 		return "", err
 	}
 	st := r.cfg.Store

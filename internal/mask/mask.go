@@ -14,8 +14,9 @@ const Replacement = "***"
 
 // Masker replaces secret values with ***.
 type Masker struct {
-	secrets [][]byte // longest first
-	longest int
+	secrets   [][]byte // longest first
+	longest   int
+	multiline bool // a secret spans lines: never flush at a newline early
 }
 
 // New masks the given values (empty values are ignored).
@@ -26,6 +27,9 @@ func New(values []string) *Masker {
 			continue
 		}
 		m.secrets = append(m.secrets, []byte(v))
+		if strings.ContainsAny(v, "\r\n") {
+			m.multiline = true
+		}
 		if len(v) > m.longest {
 			m.longest = len(v)
 		}
@@ -75,6 +79,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	// Emit everything up to the last newline, or all but a tail that
 	// could be the start of a secret.
 	cut := bytes.LastIndexByte(masked, '\n') + 1
+	if w.m.multiline {
+		cut = 0
+	}
 	if keep := len(masked) - (w.m.longest - 1); keep > cut {
 		cut = keep
 	}

@@ -27,3 +27,16 @@ func TestWriterMasksAcrossWrites(t *testing.T) {
 		t.Fatalf("String = %q", s)
 	}
 }
+
+func TestWriterMasksMultilineSecrets(t *testing.T) {
+	key := "-----BEGIN KEY-----\nAAAABBBB\n-----END KEY-----"
+	m := New([]string{key})
+	var out bytes.Buffer
+	w := m.Writer(&out)
+	w.Write([]byte("x\n-----BEGIN KEY-----\nAAAABBBB\n"))
+	w.Write([]byte("-----END KEY-----\ny\n"))
+	w.Flush()
+	if got := out.String(); got != "x\n***\ny\n" {
+		t.Fatalf("got %q", got)
+	}
+}

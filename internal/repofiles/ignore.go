@@ -167,3 +167,17 @@ func (ig *Ignorer) Ignored(rel string, isDir bool) bool {
 	}
 	return ignored
 }
+
+// ExcludedWithParents reports whether rel or any folder above it is
+// excluded (rel is checked both as a file and as a folder).
+func (ig *Ignorer) ExcludedWithParents(rel string) bool {
+	if rel == "" || rel == "." {
+		return false
+	}
+	for d := path.Dir(rel); d != "." && d != "/" && d != ""; d = path.Dir(d) {
+		if ig.Ignored(d, true) {
+			return true
+		}
+	}
+	return ig.Ignored(rel, false) || ig.Ignored(rel, true)
+}

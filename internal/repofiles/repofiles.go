@@ -53,6 +53,9 @@ func Select(c Copy, ig *Ignorer) ([]Entry, error) {
 			return nil, err
 		}
 		for _, rel := range matches {
+			if ig.ExcludedWithParents(rel) {
+				continue // .layerignore'd files never come in, even when named
+			}
 			abs := filepath.Join(c.Root, filepath.FromSlash(rel))
 			fi, err := os.Lstat(abs)
 			if err != nil {

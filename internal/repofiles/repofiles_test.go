@@ -182,3 +182,18 @@ func TestWriteTar(t *testing.T) {
 		t.Fatalf("names %v, want %v", names, want)
 	}
 }
+
+func TestNamedIgnoredPathsStayOut(t *testing.T) {
+	root := t.TempDir()
+	writeTree(t, root, map[string]string{".layerignore": "secrets/\n", "secrets/key": "k", "ok.txt": "ok"})
+	ig := NewIgnorer(root)
+	for _, src := range []string{"secrets", "secrets/key"} {
+		got, err := Select(Copy{Root: root, Sources: []string{src}, Dest: "/x/"}, ig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 0 {
+			t.Errorf("COPY %s brought in %v", src, guests(got))
+		}
+	}
+}

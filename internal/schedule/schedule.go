@@ -129,7 +129,7 @@ func runNode(ctx context.Context, n *node, opts Options, slots *slots) {
 	if n.parent != nil {
 		parent = &n.parent.result
 	}
-	mem := memoryMB(n.file)
+	mem := memoryMB(n)
 	job := Job{File: n.file, Rel: n.rel, Runner: runner, Parent: parent, SplitPrefix: hasSplit(n.file)}
 	res := slots.run(ctx, mem, func() engine.Result { return opts.Run(ctx, job) })
 	n.runs = append(n.runs, res)
@@ -172,14 +172,17 @@ func hasSplit(f *layerfile.File) bool {
 	return false
 }
 
-func memoryMB(f *layerfile.File) int {
-	mb := 2048
-	for _, ins := range f.Instructions {
-		if ins.Kind == layerfile.Memory {
-			mb = int(ins.Memory.Bytes >> 20)
+// memoryMB is the VM memory of a node: its own MEMORY, or for a child the
+// parent's (a child runs in a copy of its parent's VM).
+func memoryMB(n *node) int {
+	for ; n != nil; n = n.parent {
+		for i := len(n.file.Instructions) - 1; i >= 0; i-- {
+			if ins := n.file.Instructions[i]; ins.Kind == layerfile.Memory {
+				return int(ins.Memory.Bytes >> 20)
+			}
 		}
 	}
-	return mb
+	return 2048
 }
 
 // slots limits concurrent VMs by count and by memory.
@@ -199,10 +202,16 @@ func newSlots(n, memMB int) *slots {
 }
 
 func (s *slots) run(ctx context.Context, mem int, fn func() engine.Result) engine.Result {
+	stop := context.AfterFunc(ctx, s.cond.Broadcast)
+	defer stop()
 	s.mu.Lock()
 	// A job larger than the whole memory budget still runs, alone.
-	for s.free == 0 || (s.limitMem && s.freeMem < mem && s.free < s.total) {
+	for ctx.Err() == nil && (s.free == 0 || (s.limitMem && s.freeMem < mem && s.free < s.total)) {
 		s.cond.Wait()
+	}
+	if ctx.Err() != nil {
+		s.mu.Unlock()
+		return engine.Result{Status: engine.Cancelled, Error: "cancelled before it started"}
 	}
 	s.free--
 	s.freeMem -= mem
