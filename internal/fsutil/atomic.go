@@ -76,9 +76,10 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-// SyncFile fsyncs the file at path.
+// SyncFile fsyncs the file (or directory) at path; a read-only open is
+// enough for fsync on Linux.
 func SyncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", path, err)
 	}

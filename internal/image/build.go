@@ -28,6 +28,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/strata-ci/strata/internal/fsutil"
 	"io"
 	"io/fs"
 	"net/http"
@@ -304,7 +305,7 @@ func ensureRootfs(ctx context.Context, cfg Config, l layout, d distro, spec root
 	if err := writeFileSync(filepath.Join(tmp, recipeFile), recipe, 0o644); err != nil {
 		return "", err
 	}
-	if err := syncFile(out); err != nil {
+	if err := fsutil.SyncFile(out); err != nil {
 		return "", err
 	}
 	if err := commitDir(tmp, dir); err != nil {
@@ -404,7 +405,7 @@ func buildDisk(ctx context.Context, l layout, spec rootfsSpec, key, tarball, age
 	}
 	for _, f := range []string{diskFile, kernelFile, initrdFile} {
 		path := filepath.Join(tmp, f)
-		if err := syncFile(path); err != nil {
+		if err := fsutil.SyncFile(path); err != nil {
 			return Built{}, err
 		}
 		if err := os.Chmod(path, 0o444); err != nil { // backing files are never written
@@ -744,31 +745,19 @@ func writeFileSync(path string, data []byte, mode fs.FileMode) error {
 	return f.Close()
 }
 
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	return nil
-}
-
 // commitDir makes tmp world-readable, fsyncs it, renames it to final and
 // fsyncs final's parent.
 func commitDir(tmp, final string) error {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return fmt.Errorf("commit %s: %w", final, err)
 	}
-	if err := syncFile(tmp); err != nil {
+	if err := fsutil.SyncFile(tmp); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		return fmt.Errorf("commit %s: %w", final, err)
 	}
-	return syncFile(filepath.Dir(final))
+	return fsutil.SyncFile(filepath.Dir(final))
 }
 
 func humanBytes(n int64) string {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/strata-ci/strata/internal/fsutil"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -171,6 +172,6 @@ func removeLocked(l layout, lockName, dir string) error {
 		}
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
-	_ = syncFile(filepath.Dir(dir))
+	_ = fsutil.SyncFile(filepath.Dir(dir))
 	return removeTree(trash)
 }

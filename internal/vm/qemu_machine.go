@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/strata-ci/strata/internal/fsutil"
 	"io"
 	"net"
 	"os"
@@ -632,17 +633,17 @@ func (m *qemuMachine) finishSnapshot(ctx context.Context, a finishArgs, res Snap
 	if err := z.wait(ctx); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
-	if err := syncFile(tmp); err != nil {
+	if err := fsutil.SyncFile(tmp); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
-	if err := syncFile(frozen); err != nil {
+	if err := fsutil.SyncFile(frozen); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
 	if err := os.Rename(tmp, statePath); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
 	*a.committed = true
-	if err := syncDir(filepath.Dir(statePath)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(statePath)); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
 	res.Total = time.Since(start)
@@ -786,22 +787,6 @@ func (c *compressor) abort() {
 	}
 	_ = c.cmd.Process.Kill()
 	<-c.done
-}
-
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDONLY, 0)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	return syncFile(dir)
 }
 
 // diskUsage is the bytes a file occupies on disk (sparse files count less).
