@@ -40,6 +40,7 @@ type qemuMachine struct {
 	// background is finished (nil when none is).
 	pendingSave chan struct{}
 
+	saveMu        sync.Mutex  // guards pendingSave and lastMigration; never waits on mu
 	lastMigration migrateInfo // last completed migration (diagnostics)
 
 	qmp       *qmpClient
@@ -87,9 +88,9 @@ func LastMigration(m Machine) (MigrationStats, bool) {
 	if !ok {
 		return MigrationStats{}, false
 	}
-	qm.mu.Lock()
+	qm.saveMu.Lock()
 	mi := qm.lastMigration
-	qm.mu.Unlock()
+	qm.saveMu.Unlock()
 	st := MigrationStats{
 		Downtime: time.Duration(mi.Downtime) * time.Millisecond,
 		Setup:    time.Duration(mi.SetupTime) * time.Millisecond,
@@ -192,7 +193,9 @@ func (m *qemuMachine) waitMigration(ctx context.Context, every time.Duration) er
 		}
 		switch mi.Status {
 		case "completed":
+			m.saveMu.Lock()
 			m.lastMigration = mi
+			m.saveMu.Unlock()
 			return nil
 		case "failed", "cancelled":
 			if mi.ErrorDesc != "" {
@@ -407,7 +410,10 @@ func (m *qemuMachine) StartSnapshot(ctx context.Context, statePath, nextOverlay 
 	if m.closed {
 		return nil, errors.New("snapshot: machine closed")
 	}
-	if m.pendingSave != nil {
+	m.saveMu.Lock()
+	pending := m.pendingSave != nil
+	m.saveMu.Unlock()
+	if pending {
 		return nil, errors.New("snapshot: the previous snapshot is still being saved")
 	}
 	start := time.Now()
@@ -564,15 +570,19 @@ func (m *qemuMachine) StartSnapshot(ctx context.Context, statePath, nextOverlay 
 	handedOff = true
 	saved := res
 	done := make(chan struct{})
+	m.saveMu.Lock()
 	m.pendingSave = done
+	m.saveMu.Unlock()
 	finish = func(ctx context.Context) (res SnapshotResult, err error) {
 		defer func() {
 			unsub()
 			resume()
 			cleanup()
-			m.mu.Lock()
+			// Not m.mu: finish also runs inside StartSnapshot, which
+			// holds it.
+			m.saveMu.Lock()
 			m.pendingSave = nil
-			m.mu.Unlock()
+			m.saveMu.Unlock()
 			close(done)
 		}()
 		ctx, cancel := m.untilExit(ctx)

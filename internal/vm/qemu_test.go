@@ -397,3 +397,44 @@ func TestCancelledContextKillsQEMU(t *testing.T) {
 		t.Fatal("Run succeeded on a killed VM")
 	}
 }
+
+func TestStartSnapshotOverlapsCommands(t *testing.T) {
+	q := vmtest.QEMU(t)
+	img := vmtest.Fast(t)
+	dir := t.TempDir()
+	m := boot(t, q, img, dir)
+	ctx := context.Background()
+	sh(t, m, "echo before > /data/f && echo mem-before > /tmp/f && sync")
+	layer := m.Overlay()
+	state := filepath.Join(dir, "state.zst")
+	finish, err := m.StartSnapshot(ctx, state, filepath.Join(dir, "next.qcow2"))
+	if err != nil {
+		t.Fatalf("start snapshot: %v", err)
+	}
+	// The guest runs (and writes) while its memory is being saved.
+	sh(t, m, "echo after > /data/f && echo mem-after > /tmp/f && sync")
+	if _, err := m.StartSnapshot(ctx, filepath.Join(dir, "s2.zst"), filepath.Join(dir, "n2.qcow2")); err == nil {
+		t.Fatal("a second snapshot started while the first was being saved")
+	}
+	res, err := finish(ctx)
+	if err != nil {
+		t.Fatalf("finish: %v", err)
+	}
+	t.Logf("snapshot: pause %s, total %s", res.Pause, res.Total)
+	if _, err := os.Stat(state); err != nil {
+		t.Fatalf("state after finish: %v", err)
+	}
+	r, err := q.Restore(ctx, img, vm.SnapshotFiles{Disk: layer, State: state, MachineArgs: q.MachineArgs(img, fastSpec)},
+		filepath.Join(dir, "r", "overlay.qcow2"), fastSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// The restored VM is the guest as it was at the pause, not later.
+	if got := sh(t, r, "cat /data/f /tmp/f"); got != "before\nmem-before\n" {
+		t.Fatalf("restored state %q, want the state at the snapshot", got)
+	}
+	if got := sh(t, m, "cat /data/f /tmp/f"); got != "after\nmem-after\n" {
+		t.Fatalf("original VM after the snapshot: %q", got)
+	}
+}
