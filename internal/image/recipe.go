@@ -22,7 +22,11 @@ const DiskSize = "60G"
 // setting: what happens on a kernel panic is the driver's choice.
 // no_timer_check: on a loaded host the TCG guest's timer check can fail and
 // panic the kernel ("IO-APIC + timer doesn't work").
-const Cmdline = "root=/dev/vda rootfstype=ext4 rw console=ttyS0 net.ifnames=0 no_timer_check quiet"
+//
+// init_on_free=1: freed guest memory is zeroed, so memory snapshots carry
+// it as zero pages (QEMU sends a marker, zstd nothing): measured here, a
+// plain VM's state went from ~50 MiB to ~30 MiB.
+const Cmdline = "root=/dev/vda rootfstype=ext4 rw console=ttyS0 net.ifnames=0 no_timer_check init_on_free=1 quiet"
 
 // requiredModules must be in the initramfs (or built into the kernel).
 var requiredModules = []string{"virtio_pci", "virtio_blk", "virtio_console", "virtio_net", "ext4"}
