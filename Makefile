@@ -6,8 +6,8 @@ GO ?= go
 BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/strata-ci/strata/internal/version.Version=$(VERSION)
-# Built base images are shared by every test package and kept between runs.
-export STRATA_IMAGES ?= /var/tmp/strata-test-images
+# Tests share built base images across packages and runs.
+TEST_IMAGES ?= /var/tmp/strata-test-images
 
 .PHONY: all setup build demo test test-unit lint bench clean
 
@@ -27,7 +27,7 @@ demo: setup build
 # Every test. VM tests boot real guests under QEMU; they fail (not skip) here
 # when something they need is missing.
 test: setup build
-	STRATA_E2E_REQUIRED=1 $(GO) test -p 1 -timeout 80m -count=1 ./...
+	STRATA_IMAGES=$${STRATA_IMAGES:-$(TEST_IMAGES)} STRATA_E2E_REQUIRED=1 $(GO) test -p 1 -timeout 80m -count=1 ./...
 
 # Only the fast tests (VM tests skip).
 test-unit:
