@@ -256,8 +256,15 @@ func kernel() (dir, version string, err error) {
 		return d, v, nil
 	}
 	out, err := exec.Command("apt-cache", "depends", "linux-image-cloud-amd64").Output()
-	if err != nil {
-		return "", "", fmt.Errorf("apt-cache depends linux-image-cloud-amd64: %v", err)
+	if err != nil || !bytes.Contains(out, []byte("Depends: linux-image-")) {
+		// No package lists yet (a fresh machine): fetch them once.
+		if b, err := exec.Command("apt-get", "update", "-q").CombinedOutput(); err != nil {
+			return "", "", fmt.Errorf("apt-get update: %v: %s", err, bytes.TrimSpace(b))
+		}
+		out, err = exec.Command("apt-cache", "depends", "linux-image-cloud-amd64").Output()
+		if err != nil {
+			return "", "", fmt.Errorf("apt-cache depends linux-image-cloud-amd64: %v", err)
+		}
 	}
 	var pkg string
 	for _, l := range strings.Split(string(out), "\n") {
