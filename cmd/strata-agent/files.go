@@ -121,7 +121,7 @@ func copyIn(dir string, r io.Reader) error {
 			}
 			dirTimes = append(dirTimes, dirTime{target, atime, h.ModTime})
 			continue
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg: // archive/tar reports old-style (TypeRegA) entries as TypeReg
 			if err := writeRegular(target, tr, mode, uid, gid); err != nil {
 				return fmt.Errorf("%s: %w", h.Name, err)
 			}
