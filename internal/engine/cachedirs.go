@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-ci/strata/internal/fsutil"
-	"github.com/strata-ci/strata/internal/store"
 	"github.com/strata-ci/strata/internal/vm"
 )
 
@@ -28,7 +27,7 @@ import (
 type cacheStore struct{ dir string }
 
 func (r *runner) caches() cacheStore {
-	return cacheStore{dir: filepath.Join(r.cfg.Store.CacheDir(r.repeatableScope()))}
+	return cacheStore{dir: r.cfg.Store.CacheDir(r.repeatableScope())}
 }
 
 func (c cacheStore) base(guestDir string) string {
@@ -166,13 +165,4 @@ func (r *runner) saveCachesOut(ctx context.Context, s *step) error {
 		r.emit(Event{Kind: "info", Message: fmt.Sprintf("CACHE %s saved (generation %d)", dir, gen)})
 	}
 	return nil
-}
-
-// restoredCacheGen is the CACHE generations a restored layer holds.
-func restoredCacheGen(l store.Layer) map[string]int64 {
-	m := map[string]int64{}
-	for k, v := range l.CacheGen {
-		m[k] = v
-	}
-	return m
 }

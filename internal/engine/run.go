@@ -294,7 +294,7 @@ func (r *runner) repeatableJump(at int) (int, bool) {
 	return 0, false
 }
 
-func (r *runner) repeatableScope() string { return r.job.Scope + "/" + r.job.Rel }
+func (r *runner) repeatableScope() string { return RunKey(r.job.Scope, r.job.Rel) }
 
 // sameAsPrevious reports whether s is a host-only step that the previous
 // run also had, with the same key.
@@ -306,8 +306,13 @@ func (r *runner) sameAsPrevious(s *step) bool {
 	return p.Key == string(s.key) && p.Status != StatusFailed && p.Status != StatusSkipped
 }
 
+// RunKey names the saved report of a Layerfile's last run (for a SPLIT
+// Layerfile, that of its first copy): scope is the repository's, rel the
+// Layerfile's path relative to the repository root.
+func RunKey(scope, rel string) string { return scope + "/" + rel }
+
 func runKey(job *Job) string {
-	k := job.Scope + "/" + job.Rel
+	k := RunKey(job.Scope, job.Rel)
 	if job.SplitPrefix {
 		k += "#prefix"
 	} else if job.SplitIndex > 0 {
@@ -407,7 +412,7 @@ func (r *runner) startFrom(ctx context.Context, layerID string) error {
 			return gerr
 		}
 		r.emit(Event{Kind: "info", Message: "restoring snapshot " + layerID[:8] + " (" + l.Instruction + ")"})
-		r.cacheGen = restoredCacheGen(l)
+		r.cacheGen = cloneMap(l.CacheGen)
 		r.baseDepth = l.Depth
 		m, err = r.cfg.Hypervisor.Restore(ctx, r.img.Image, vm.SnapshotFiles{
 			Disk: st.DiskPath(layerID), State: st.StatePath(layerID), MachineArgs: l.MachineArgs,
