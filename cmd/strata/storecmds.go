@@ -45,32 +45,18 @@ took, and why it ran (no snapshot yet, this line changed, a line above changed,
 file X changed, BUILD ENV Y changed, --fresh ...).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			root := "."
-			if len(args) == 1 {
-				root = args[0]
-			}
-			abs, err := filepath.Abs(root)
-			if err != nil {
-				return withExit(2, err)
-			}
 			st, err := openStore()
 			if err != nil {
 				return err
 			}
-			paths, err := plan.Discover(abs)
+			runs, err := lastRuns(st, args)
 			if err != nil {
-				return withExit(2, err)
+				return err
 			}
-			if len(paths) == 0 {
-				return withExit(2, fmt.Errorf("no Layerfile found below %s", root))
-			}
-			scope := runenv.Inspect(abs).Scope
 			out := cmd.OutOrStdout()
-			for _, p := range paths {
-				rel, _ := filepath.Rel(abs, p)
-				rel = filepath.ToSlash(rel)
-				var res engine.Result
-				if err := st.LoadRun(scope+"/"+rel, &res); err != nil {
+			for _, lr := range runs {
+				rel, res := lr.rel, lr.res
+				if res == nil {
 					fmt.Fprintf(out, "%s: not run yet\n", rel)
 					continue
 				}
@@ -91,6 +77,44 @@ file X changed, BUILD ENV Y changed, --fresh ...).`,
 			return nil
 		},
 	}
+}
+
+// lastRun is a Layerfile of the repository and its last run (nil: none).
+type lastRun struct {
+	rel string
+	res *engine.Result
+}
+
+// lastRuns discovers the Layerfiles of the repository folder named by args
+// (default: the current folder) and loads each one's last run report.
+func lastRuns(st *store.Store, args []string) ([]lastRun, error) {
+	root := "."
+	if len(args) == 1 {
+		root = args[0]
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, withExit(2, err)
+	}
+	paths, err := plan.Discover(abs)
+	if err != nil {
+		return nil, withExit(2, err)
+	}
+	if len(paths) == 0 {
+		return nil, withExit(2, fmt.Errorf("no Layerfile found below %s", root))
+	}
+	scope := runenv.Inspect(abs).Scope
+	var out []lastRun
+	for _, p := range paths {
+		rel, _ := filepath.Rel(abs, p)
+		lr := lastRun{rel: filepath.ToSlash(rel)}
+		var res engine.Result
+		if st.LoadRun(engine.RunKey(scope, lr.rel), &res) == nil {
+			lr.res = &res
+		}
+		out = append(out, lr)
+	}
+	return out, nil
 }
 
 func truncate(s string, n int) string {

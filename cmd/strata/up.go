@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -15,8 +14,6 @@ import (
 
 	"github.com/strata-ci/strata/internal/engine"
 	"github.com/strata-ci/strata/internal/expose"
-	"github.com/strata-ci/strata/internal/plan"
-	"github.com/strata-ci/strata/internal/runenv"
 	"github.com/strata-ci/strata/internal/vm"
 )
 
@@ -34,33 +31,22 @@ WEBSITE lines of one Layerfile form one site, routed by the longest matching
 path prefix (with the prefix replaced by the rewrite argument, when given).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			root := "."
-			if len(args) == 1 {
-				root = args[0]
-			}
-			abs, err := filepath.Abs(root)
-			if err != nil {
-				return withExit(2, err)
-			}
-			paths, err := plan.Discover(abs)
-			if err != nil {
-				return withExit(2, err)
-			}
 			a, err := openApp(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			scope := runenv.Inspect(abs).Scope
+			runs, err := lastRuns(a.store, args)
+			if err != nil {
+				return err
+			}
 			var results []engine.Result
-			for _, p := range paths {
-				rel, _ := filepath.Rel(abs, p)
-				var res engine.Result
-				if a.store.LoadRun(scope+"/"+filepath.ToSlash(rel), &res) == nil && res.Passed() && (len(res.Website) > 0 || len(res.TCP) > 0) {
-					results = append(results, res)
+			for _, lr := range runs {
+				if res := lr.res; res != nil && res.Passed() && (len(res.Website) > 0 || len(res.TCP) > 0) {
+					results = append(results, *res)
 				}
 			}
 			if len(results) == 0 {
-				return withExit(2, fmt.Errorf("no Layerfile below %s has EXPOSE WEBSITE or EXPOSE TCP in a passing last run (run it first)", root))
+				return withExit(2, fmt.Errorf("no Layerfile here has EXPOSE WEBSITE or EXPOSE TCP in a passing last run (run it first)"))
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
