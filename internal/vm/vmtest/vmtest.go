@@ -191,10 +191,11 @@ func Fast(t testing.TB) vm.Image {
 	id := hex.EncodeToString(h.Sum(nil))[:16]
 	dir := filepath.Join(CacheDir, "fast-"+id)
 	img := vm.Image{
-		Disk:    filepath.Join(dir, "disk.qcow2"),
-		Kernel:  filepath.Join(kdir, "boot", "vmlinuz-"+kver),
-		Initrd:  filepath.Join(dir, "initrd.cpio"),
-		Cmdline: "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+		Disk:   filepath.Join(dir, "disk.qcow2"),
+		Kernel: filepath.Join(kdir, "boot", "vmlinuz-"+kver),
+		Initrd: filepath.Join(dir, "initrd.cpio"),
+		// Not quiet: when a boot hangs, the console log in the error says where.
+		Cmdline: "console=ttyS0 panic=-1 rdinit=/init",
 	}
 	if _, err := os.Stat(img.Disk); err == nil {
 		return img
