@@ -17,21 +17,13 @@ import (
 	"time"
 
 	"github.com/strata-ci/strata/internal/agentproto"
+	"github.com/strata-ci/strata/internal/testkernel"
 )
 
 // The end-to-end test boots the real agent (static binary, --init mode)
 // in a busybox initramfs under QEMU/TCG, saves the running VM, and restores
 // it twice at once in new QEMU processes: each copy must answer a new
 // handshake on its new socket with its old processes still running.
-
-// kernelDir holds an extracted Debian cloud kernel package (the same cache
-// internal/vm/vmtest fills): boot/vmlinuz-* and lib/modules/<ver>/kernel.
-func kernelDir() string {
-	if d := os.Getenv("STRATA_TEST_KERNEL_DIR"); d != "" {
-		return d
-	}
-	return "/var/tmp/strata-test-kernel/x"
-}
 
 func unavailable(t *testing.T, format string, args ...any) {
 	t.Helper()
@@ -75,13 +67,11 @@ exec /sbin/strata-agent --init --hostname agent-e2e
 // buildInitrd writes a newc cpio with busybox, the agent and the modules.
 func buildInitrd(t *testing.T, dir string) (kernel, initrd string) {
 	t.Helper()
-	kdir := kernelDir()
-	kernels, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
-	if len(kernels) == 0 {
-		unavailable(t, "no Debian cloud kernel under %s (run the internal/vm tests once, or set STRATA_TEST_KERNEL_DIR)", kdir)
+	kdir, kver, err := testkernel.Get()
+	if err != nil {
+		unavailable(t, "Debian cloud kernel: %v", err)
 	}
-	kernel = kernels[0]
-	kver := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
+	kernel = filepath.Join(kdir, "boot", "vmlinuz-"+kver)
 	for _, tool := range []string{"qemu-system-x86_64", "cpio"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			unavailable(t, "%s not installed", tool)

@@ -7,19 +7,22 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/strata-ci/strata/internal/testkernel"
 )
 
-// testKernel returns the Debian cloud kernel cached by vmtest, or skips.
+// testKernel returns the Debian cloud kernel the VM tests boot (fetched
+// once), or skips (fails when STRATA_E2E_REQUIRED=1) when it cannot be had.
 func testKernel(t *testing.T) string {
 	t.Helper()
-	m, _ := filepath.Glob("/var/tmp/strata-test-kernel/*/boot/vmlinuz-*")
-	if len(m) == 0 {
+	dir, ver, err := testkernel.Get()
+	if err != nil {
 		if os.Getenv("STRATA_E2E_REQUIRED") == "1" {
-			t.Fatal("no test kernel under /var/tmp/strata-test-kernel (run a vmtest fixture first)")
+			t.Fatalf("required for end-to-end tests: Debian cloud kernel: %v", err)
 		}
-		t.Skip("no test kernel under /var/tmp/strata-test-kernel")
+		t.Skipf("Debian cloud kernel: %v", err)
 	}
-	return m[0]
+	return filepath.Join(dir, "boot", "vmlinuz-"+ver)
 }
 
 func TestProbeInitramfsRunsUnderTCG(t *testing.T) {

@@ -15,18 +15,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/strata-ci/strata/internal/testkernel"
 	"github.com/strata-ci/strata/internal/vm"
 	"github.com/strata-ci/strata/internal/vm/initramfs"
 )
 
 // CacheDir is where the kernel and built fixtures are cached across runs.
-const CacheDir = "/var/tmp/strata-test-kernel"
+const CacheDir = testkernel.CacheDir
 
 // Unavailable skips t (or fails it when STRATA_E2E_REQUIRED=1) because a
 // prerequisite is missing.
@@ -171,7 +171,7 @@ func Fast(t testing.TB) vm.Image {
 	if _, err := os.Stat(busybox); err != nil {
 		Unavailable(t, "busybox-static not installed (%v)", err)
 	}
-	kdir, kver, err := kernel()
+	kdir, kver, err := testkernel.Get()
 	if err != nil {
 		Unavailable(t, "Debian cloud kernel: %v", err)
 	}
@@ -195,7 +195,9 @@ func Fast(t testing.TB) vm.Image {
 		Kernel: filepath.Join(kdir, "boot", "vmlinuz-"+kver),
 		Initrd: filepath.Join(dir, "initrd.cpio"),
 		// Not quiet: when a boot hangs, the console log in the error says where.
-		Cmdline: "console=ttyS0 panic=-1 rdinit=/init",
+		// no_timer_check: under TCG on a loaded host the kernel's IO-APIC
+		// timer check can fail and panic the boot (as in image.Cmdline).
+		Cmdline: "console=ttyS0 panic=-1 no_timer_check rdinit=/init",
 	}
 	if _, err := os.Stat(img.Disk); err == nil {
 		return img
@@ -233,67 +235,6 @@ func run(name string, args ...string) error {
 		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return nil
-}
-
-// kernel returns the extracted Debian cloud kernel (downloading it with
-// apt-get download when missing) and its version.
-func kernel() (dir, version string, err error) {
-	if err := os.MkdirAll(CacheDir, 0o755); err != nil {
-		return "", "", err
-	}
-	find := func() (string, string) {
-		m, _ := filepath.Glob(filepath.Join(CacheDir, "x", "boot", "vmlinuz-*"))
-		sort.Strings(m)
-		if len(m) == 0 {
-			return "", ""
-		}
-		v := strings.TrimPrefix(filepath.Base(m[len(m)-1]), "vmlinuz-")
-		if _, err := os.Stat(filepath.Join(CacheDir, "x", "lib", "modules", v, "kernel")); err != nil {
-			return "", ""
-		}
-		return filepath.Join(CacheDir, "x"), v
-	}
-	if d, v := find(); d != "" {
-		return d, v, nil
-	}
-	out, err := exec.Command("apt-cache", "depends", "linux-image-cloud-amd64").Output()
-	if err != nil || !bytes.Contains(out, []byte("Depends: linux-image-")) {
-		// No package lists yet (a fresh machine): fetch them once.
-		if b, err := exec.Command("apt-get", "update", "-q").CombinedOutput(); err != nil {
-			return "", "", fmt.Errorf("apt-get update: %v: %s", err, bytes.TrimSpace(b))
-		}
-		out, err = exec.Command("apt-cache", "depends", "linux-image-cloud-amd64").Output()
-		if err != nil {
-			return "", "", fmt.Errorf("apt-cache depends linux-image-cloud-amd64: %v", err)
-		}
-	}
-	var pkg string
-	for _, l := range strings.Split(string(out), "\n") {
-		l = strings.TrimSpace(l)
-		if strings.HasPrefix(l, "Depends: linux-image-") {
-			pkg = strings.TrimPrefix(l, "Depends: ")
-			break
-		}
-	}
-	if pkg == "" {
-		return "", "", fmt.Errorf("no kernel package in %q", out)
-	}
-	cmd := exec.Command("apt-get", "download", pkg)
-	cmd.Dir = CacheDir
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("apt-get download %s: %v: %s", pkg, err, b)
-	}
-	debs, _ := filepath.Glob(filepath.Join(CacheDir, pkg+"_*.deb"))
-	if len(debs) == 0 {
-		return "", "", fmt.Errorf("apt-get download %s left no .deb", pkg)
-	}
-	if err := run("dpkg-deb", "-x", debs[0], filepath.Join(CacheDir, "x")); err != nil {
-		return "", "", err
-	}
-	if d, v := find(); d != "" {
-		return d, v, nil
-	}
-	return "", "", fmt.Errorf("%s has no vmlinuz", debs[0])
 }
 
 // RepoRoot is the module root of this repository.
