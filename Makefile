@@ -26,16 +26,19 @@ demo: setup build
 
 # Every test. VM tests boot real guests under QEMU; they fail (not skip) here
 # when something they need is missing.
-test: setup build
+test: setup build lint
 	STRATA_IMAGES=$${STRATA_IMAGES:-$(TEST_IMAGES)} STRATA_E2E_REQUIRED=1 $(GO) test -p 1 -timeout 80m -count=1 ./...
 
 # Only the fast tests (VM tests skip).
 test-unit:
 	$(GO) test -short ./...
 
+# gofmt, go vet and staticcheck (fetched through the module proxy, pinned).
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 lint:
-	gofmt -l . | (! grep .)
+	@echo "gofmt -l ."; out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 clean:
 	rm -rf $(BIN)
