@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,14 +14,23 @@ import (
 
 // testKernel returns the Debian cloud kernel the VM tests boot (fetched
 // once), or skips (fails when STRATA_E2E_REQUIRED=1) when it cannot be had.
+// The probe needs QEMU too: without it the test skips like every other VM
+// test (fails when STRATA_E2E_REQUIRED=1).
 func testKernel(t *testing.T) string {
 	t.Helper()
+	unavailable := func(format string, args ...any) {
+		t.Helper()
+		if os.Getenv("STRATA_E2E_REQUIRED") == "1" {
+			t.Fatalf("required for end-to-end tests: "+format, args...)
+		}
+		t.Skipf(format, args...)
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		unavailable("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
+	}
 	dir, ver, err := testkernel.Get()
 	if err != nil {
-		if os.Getenv("STRATA_E2E_REQUIRED") == "1" {
-			t.Fatalf("required for end-to-end tests: Debian cloud kernel: %v", err)
-		}
-		t.Skipf("Debian cloud kernel: %v", err)
+		unavailable("Debian cloud kernel: %v", err)
 	}
 	return filepath.Join(dir, "boot", "vmlinuz-"+ver)
 }
