@@ -97,7 +97,7 @@ func run(mem, cpus, restores, containers int, keep bool) error {
 		rd(coldAgent), rd(coldDocker), containers, rd(coldAll))
 
 	layer := m.Overlay()
-	state := filepath.Join(work, "l0", "state.zst")
+	state := filepath.Join(work, "l0", "state")
 	snap, err := m.Snapshot(ctx, state, filepath.Join(work, "l1", "overlay.qcow2"))
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
@@ -113,7 +113,7 @@ func run(mem, cpus, restores, containers int, keep bool) error {
 	if _, err := vmtest.Sh(ctx, m, "echo step2 > /root/step2 && sync"); err != nil {
 		return err
 	}
-	snap2, err := m.Snapshot(ctx, filepath.Join(work, "l1", "state.zst"), filepath.Join(work, "l2", "overlay.qcow2"))
+	snap2, err := m.Snapshot(ctx, filepath.Join(work, "l1", "state"), filepath.Join(work, "l2", "overlay.qcow2"))
 	if err != nil {
 		return fmt.Errorf("second snapshot: %w", err)
 	}

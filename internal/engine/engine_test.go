@@ -217,7 +217,7 @@ func TestSecretsNeverReachTheStore(t *testing.T) {
 		t.Fatalf("%s %s", r.Status, r.Error)
 	}
 	filepath.Walk(h.st.Root(), func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() || strings.HasSuffix(p, "state.zst") {
+		if err != nil || fi.IsDir() || strings.HasSuffix(p, "/state") || strings.HasSuffix(p, "/state.pack") {
 			return nil // the VM's own memory holds what the VM holds
 		}
 		data, _ := os.ReadFile(p)

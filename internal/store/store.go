@@ -6,7 +6,9 @@
 // Layout under the store root:
 //
 //	layers/<id>/disk.qcow2   disk delta since the parent (backing file: parent's disk)
-//	layers/<id>/state.zst    memory and device state
+//	layers/<id>/state        memory and device state: a manifest of chunks
+//	layers/<id>/state.pack   the chunks that were new in this layer (the
+//	                         rest are in ancestors' packs; package memstate)
 //	layers/<id>/meta.json    metadata; written last and atomically: a layer
 //	                         without it is not committed and is garbage
 //	keys/<key>.json          cache index: step key -> layer IDs, newest first
@@ -103,7 +105,8 @@ func (a *Active) StatePath() string { return filepath.Join(a.Dir, stateFile) }
 
 const (
 	diskFile  = "disk.qcow2"
-	stateFile = "state.zst"
+	stateFile = "state"
+	packFile  = "state.pack" // absent when the state added no new chunk
 	metaFile  = "meta.json"
 )
 
@@ -162,9 +165,12 @@ func (s *Store) Commit(a *Active, m Layer) (Layer, error) {
 	if m.Created.IsZero() {
 		m.Created = time.Now().UTC()
 	}
-	for _, name := range []string{diskFile, stateFile} {
+	for _, name := range []string{diskFile, stateFile, packFile} {
 		p := filepath.Join(a.Dir, name)
 		fi, err := os.Stat(p)
+		if name == packFile && os.IsNotExist(err) {
+			continue
+		}
 		if err != nil {
 			return Layer{}, fmt.Errorf("commit %s: %w", a.ID, err)
 		}
@@ -174,7 +180,7 @@ func (s *Store) Commit(a *Active, m Layer) (Layer, error) {
 		if name == diskFile {
 			m.DiskBytes = allocated(fi)
 		} else {
-			m.StateBytes = allocated(fi)
+			m.StateBytes += allocated(fi)
 		}
 	}
 	if err := fsutil.WriteJSONAtomic(filepath.Join(a.Dir, metaFile), m); err != nil {

@@ -41,7 +41,7 @@ func TestDockerContainerSurvivesRestore(t *testing.T) {
 	t.Logf("dockerd + container up: %s", time.Since(t0))
 
 	layer := m.Overlay()
-	state := filepath.Join(dir, "l0", "state.zst")
+	state := filepath.Join(dir, "l0", "state")
 	res, err := m.Snapshot(ctx, state, filepath.Join(dir, "l1", "overlay.qcow2"))
 	if err != nil {
 		t.Fatalf("snapshot: %v", err)

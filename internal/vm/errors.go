@@ -7,10 +7,6 @@ import "errors"
 // qemu-utils). The CLI maps it to exit code 3.
 var ErrNoQEMU = errors.New("QEMU not found: install the Debian package qemu-system-x86 (and qemu-utils)")
 
-// ErrMissingTool means a host tool the VM layer runs (zstd) is not
-// installed. Like ErrNoQEMU it is an infrastructure error (exit code 3).
-var ErrMissingTool = errors.New("required host tool not found")
-
 // ErrIncompatible means a snapshot was taken with other machine arguments
 // (QEMU version, accelerator, devices, memory...) than the ones Restore
 // would use now: it cannot be loaded and must be treated as a cache miss.

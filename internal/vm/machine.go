@@ -53,9 +53,14 @@ type Exec struct {
 // SnapshotResult reports what a snapshot cost.
 type SnapshotResult struct {
 	Pause      time.Duration // wall time the guest was stopped
-	Total      time.Duration // until the state file was complete and synced
-	StateBytes int64         // size of the state file on disk
-	DiskBytes  int64         // size of the frozen layer on disk
+	Total      time.Duration // until the state was complete and synced
+	// StateBytes is what the state added on disk: its manifest and the
+	// chunks its parent state did not have.
+	StateBytes int64
+	// StateStreamBytes is the whole uncompressed state stream (RAM pages
+	// that are not zero, and device state).
+	StateStreamBytes int64
+	DiskBytes        int64 // size of the frozen layer on disk
 }
 
 // Hypervisor starts machines.
@@ -87,7 +92,11 @@ type Machine interface {
 	CopyIn(ctx context.Context, dir string, tar io.Reader) error
 	// Snapshot freezes the current disk overlay (it becomes an immutable
 	// layer, left at its path) and writes memory and device state to
-	// statePath; the VM continues on a new overlay created at nextOverlay.
+	// statePath (a manifest, with statePath+".pack" beside it: see package
+	// memstate); the VM continues on a new overlay created at nextOverlay.
+	// The state refers to chunks of the state this machine was restored
+	// from or last saved, which must stay where they are while it is kept
+	// (as the frozen disk needs its backing files).
 	Snapshot(ctx context.Context, statePath, nextOverlay string) (SnapshotResult, error)
 	// StartSnapshot is Snapshot that returns as soon as the guest runs
 	// again (the disk already switched to nextOverlay), while memory keeps

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/strata-ci/strata/internal/memstate"
 )
 
 // Accel is a QEMU accelerator.
@@ -104,10 +106,6 @@ func NewQEMU(opts QEMUOptions) (*QEMU, error) {
 	imgBin, err := exec.LookPath(opts.ImgBinary)
 	if err != nil {
 		return nil, fmt.Errorf("%w (%s: %v)", ErrNoQEMU, opts.ImgBinary, err)
-	}
-	// Snapshots are compressed and restored through zstd.
-	if _, err := exec.LookPath("zstd"); err != nil {
-		return nil, fmt.Errorf("zstd not found, install the Debian package zstd: %w", ErrMissingTool)
 	}
 	out, err := exec.Command(bin, "-version").Output()
 	if err != nil {
@@ -241,12 +239,16 @@ func deviceArgs(img Image, spec Spec, accel Accel, p launchPaths) []string {
 	return args
 }
 
+// stateFormat names how states are stored (package memstate): a snapshot
+// saved in another format is refused as incompatible, a cache miss.
+const stateFormat = "memstate1"
+
 // MachineArgs implements Hypervisor: a fingerprint of the QEMU version, the
 // accelerator, the device arguments and the kernel and initrd contents.
 func (q *QEMU) MachineArgs(img Image, spec Spec) string {
 	accel := q.accelFor(img)
 	h := sha256.New()
-	fmt.Fprintf(h, "qemu %s\naccel %s\n", q.version, accel)
+	fmt.Fprintf(h, "qemu %s\naccel %s\nstate %s\n", q.version, accel, stateFormat)
 	for _, a := range deviceArgs(img, spec, accel, placeholderPaths) {
 		fmt.Fprintf(h, "%s\n", a)
 	}
@@ -449,15 +451,16 @@ func (q *QEMU) launch(ctx context.Context, img Image, spec Spec, overlay, state 
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	start := time.Now()
-	var dec *decompressor
+	var dec *stateLoader
+	var loaded *memstate.Manifest
 	if state != "" {
-		// QEMU reads the stream from fd 3, fed by our zstd child.
-		d, pr, err := startDecompressor(state)
+		// QEMU reads the stream from fd 3, fed by our loader.
+		d, man, pr, err := startLoader(state)
 		if err != nil {
 			os.RemoveAll(runDir)
 			return nil, err
 		}
-		dec = d
+		dec, loaded = d, man
 		cmd.ExtraFiles = []*os.File{pr}
 		defer pr.Close()
 	}
@@ -471,6 +474,7 @@ func (q *QEMU) launch(ctx context.Context, img Image, spec Spec, overlay, state 
 	m := &qemuMachine{
 		q: q, cmd: cmd, runDir: runDir, paths: p, overlay: absOverlay, node: diskNode,
 		stderr: stderr, exited: make(chan struct{}), started: start, accel: accel,
+		lastState: loaded,
 	}
 	go func() {
 		m.waitErr = cmd.Wait()

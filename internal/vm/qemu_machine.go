@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/strata-ci/strata/internal/fsutil"
+	"github.com/strata-ci/strata/internal/memstate"
 	"io"
 	"net"
 	"os"
@@ -18,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
 
 	"github.com/strata-ci/strata/internal/agentproto"
 )
@@ -48,7 +48,10 @@ type qemuMachine struct {
 	stopWatch chan struct{}
 
 	mu      sync.Mutex // serialises Snapshot and Forward, guards below
-	overlay string
+	// lastState is the state this machine was restored from or last
+	// saved: the next snapshot stores only the chunks it lacks.
+	lastState *memstate.Manifest
+	overlay   string
 	node    string
 	seq     int
 	closed  bool
@@ -435,13 +438,10 @@ func (m *qemuMachine) StartSnapshot(ctx context.Context, statePath, nextOverlay 
 	if err := m.q.createOverlay(ctx, absNext, m.overlay, "qcow2", size, true); err != nil {
 		return fail(fmt.Errorf("snapshot: %w", err))
 	}
-	tmp := statePath + ".tmp-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-
-	// The compressor is our child, fed by a pipe whose write end QEMU
-	// gets over QMP: when it has exited, the state file is complete (an
-	// exec: URI would leave that unknowable: QEMU SIGTERMs a command that
-	// has not exited right after the stream ends).
-	z, pw, err := startCompressor(tmp)
+	// The saver reads a pipe whose write end QEMU gets over QMP: at the
+	// pipe's end the stream is complete. It stores only the chunks the
+	// state this machine was last restored from or saved to lacks.
+	z, pw, err := startSaver(statePath, m.lastState)
 	if err != nil {
 		os.Remove(absNext)
 		return fail(fmt.Errorf("snapshot: %w", err))
@@ -457,7 +457,6 @@ func (m *qemuMachine) StartSnapshot(ctx context.Context, statePath, nextOverlay 
 			_ = m.qmp.Execute(cctx, "closefd", map[string]any{"fdname": fdName}, nil)
 			c()
 			z.abort()
-			os.Remove(tmp)
 		}
 	}
 	defer func() {
@@ -590,8 +589,8 @@ func (m *qemuMachine) StartSnapshot(ctx context.Context, statePath, nextOverlay 
 		res = saved
 		return m.finishSnapshot(ctx, finishArgs{
 			bg: bg, resumed: &resumed, resume: resume, pauseStart: pauseStart,
-			stopAt: stopAt, resumeAt: resumeAt, events: events, z: z, tmp: tmp,
-			frozen: frozen, statePath: statePath, start: start, committed: &committed,
+			stopAt: stopAt, resumeAt: resumeAt, events: events, z: z,
+			frozen: frozen, start: start, committed: &committed,
 		}, res)
 	}
 	if !bg || !resumed {
@@ -613,8 +612,8 @@ type finishArgs struct {
 	pauseStart             time.Time
 	stopAt, resumeAt       time.Time
 	events                 <-chan QMPEvent
-	z                      *compressor
-	tmp, frozen, statePath string
+	z                      *stateSaver
+	frozen                 string
 	start                  time.Time
 	committed              *bool
 }
@@ -622,7 +621,7 @@ type finishArgs struct {
 // finishSnapshot waits until the state is saved, then syncs and names it.
 func (m *qemuMachine) finishSnapshot(ctx context.Context, a finishArgs, res SnapshotResult) (SnapshotResult, error) {
 	stopAt, resumeAt := a.stopAt, a.resumeAt
-	tmp, frozen, statePath, start := a.tmp, a.frozen, a.statePath, a.start
+	frozen, start := a.frozen, a.start
 	z, events, pauseStart := a.z, a.events, a.pauseStart
 	resumed, resume := *a.resumed, a.resume
 	if err := m.waitMigration(ctx, 10*time.Millisecond); err != nil {
@@ -643,21 +642,18 @@ func (m *qemuMachine) finishSnapshot(ctx context.Context, a finishArgs, res Snap
 	if err := z.wait(ctx); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
-	if err := fsutil.SyncFile(tmp); err != nil {
-		return res, fmt.Errorf("snapshot: %w", err)
-	}
 	if err := fsutil.SyncFile(frozen); err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
-	if err := os.Rename(tmp, statePath); err != nil {
+	saved, stats, err := z.commit()
+	if err != nil {
 		return res, fmt.Errorf("snapshot: %w", err)
 	}
 	*a.committed = true
-	if err := fsutil.SyncDir(filepath.Dir(statePath)); err != nil {
-		return res, fmt.Errorf("snapshot: %w", err)
-	}
+	m.lastState = saved
+	res.StateBytes = stats.NewBytes
+	res.StateStreamBytes = stats.Size
 	res.Total = time.Since(start)
-	res.StateBytes = diskUsage(statePath)
 	res.DiskBytes = diskUsage(frozen)
 	return res, nil
 }
@@ -689,114 +685,6 @@ func waitStopResume(ctx context.Context, events <-chan QMPEvent, timeout time.Du
 			return
 		}
 	}
-}
-
-// compressor is a zstd process writing a state file from a pipe.
-type compressor struct {
-	cmd    *exec.Cmd
-	stderr *tailBuffer
-	done   chan struct{}
-	err    error
-}
-
-// startCompressor starts zstd writing to path (created exclusively) and
-// returns it with the write end of its input pipe.
-func startCompressor(path string) (*compressor, *os.File, error) {
-	pr, pw, err := statePipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		pr.Close()
-		pw.Close()
-		return nil, nil, fmt.Errorf("state file: %w", err)
-	}
-	c := &compressor{stderr: &tailBuffer{max: 4 << 10}, done: make(chan struct{})}
-	c.cmd = exec.Command("zstd", "-1", "-T0", "-q", "-c")
-	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = pr, out, c.stderr
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	err = c.cmd.Start()
-	pr.Close()
-	out.Close()
-	if err != nil {
-		pw.Close()
-		os.Remove(path)
-		return nil, nil, fmt.Errorf("start zstd: %w", err)
-	}
-	go func() {
-		c.err = c.cmd.Wait()
-		close(c.done)
-	}()
-	return c, pw, nil
-}
-
-// wait waits until zstd has written everything and exited.
-func (c *compressor) wait(ctx context.Context) error {
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-		c.abort()
-		return ctx.Err()
-	}
-	if c.err != nil {
-		return fmt.Errorf("zstd: %v: %s", c.err, strings.TrimSpace(c.stderr.String()))
-	}
-	return nil
-}
-
-// statePipe makes a pipe with a large buffer (1 MiB, the default maximum
-// for unprivileged users) so QEMU and zstd wake each other less often.
-func statePipe() (r, w *os.File, err error) {
-	r, w, err = os.Pipe()
-	if err != nil {
-		return nil, nil, fmt.Errorf("state pipe: %w", err)
-	}
-	_, _ = unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 1<<20)
-	return r, w, nil
-}
-
-// decompressor is a zstd process feeding a state file into a pipe.
-type decompressor = compressor
-
-// startDecompressor starts zstd -d reading path and returns it with the
-// read end of its output pipe.
-func startDecompressor(path string) (*decompressor, *os.File, error) {
-	in, err := os.Open(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("state file: %w", err)
-	}
-	defer in.Close()
-	pr, pw, err := statePipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	c := &compressor{stderr: &tailBuffer{max: 4 << 10}, done: make(chan struct{})}
-	c.cmd = exec.Command("zstd", "-dcq")
-	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = in, pw, c.stderr
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	err = c.cmd.Start()
-	pw.Close()
-	if err != nil {
-		pr.Close()
-		return nil, nil, fmt.Errorf("start zstd: %w", err)
-	}
-	go func() {
-		c.err = c.cmd.Wait()
-		close(c.done)
-	}()
-	return c, pr, nil
-}
-
-// abort kills zstd (QEMU may still hold the pipe open) and reaps it.
-func (c *compressor) abort() {
-	select {
-	case <-c.done:
-		return
-	default:
-	}
-	_ = c.cmd.Process.Kill()
-	<-c.done
 }
 
 // diskUsage is the bytes a file occupies on disk (sparse files count less).

@@ -178,7 +178,7 @@ func TestSnapshotRestore(t *testing.T) {
 	before := readInt(t, m, "/tmp/count")
 
 	layer := m.Overlay()
-	state := filepath.Join(dir, "snap1", "state.zst")
+	state := filepath.Join(dir, "snap1", "state")
 	os.MkdirAll(filepath.Dir(state), 0o755)
 	next := filepath.Join(dir, "next", "overlay.qcow2")
 	res, err := m.Snapshot(ctx, state, next)
@@ -259,10 +259,16 @@ func TestSnapshotRestore(t *testing.T) {
 		t.Fatalf("server after restore: %q", body)
 	}
 	// Snapshotting a restored VM works too (a chain of layers).
-	state2 := filepath.Join(dir, "snap2", "state.zst")
+	state2 := filepath.Join(dir, "snap2", "state")
 	os.MkdirAll(filepath.Dir(state2), 0o755)
-	if _, err := r2.Snapshot(ctx, state2, filepath.Join(dir, "r2next", "overlay.qcow2")); err != nil {
+	res2, err := r2.Snapshot(ctx, state2, filepath.Join(dir, "r2next", "overlay.qcow2"))
+	if err != nil {
 		t.Fatalf("snapshot of restored VM: %v", err)
+	}
+	// It stores only what changed since the state it was restored from.
+	t.Logf("second snapshot: stream %d bytes, stored %d bytes (first stored %d)", res2.StateStreamBytes, res2.StateBytes, res.StateBytes)
+	if res2.StateBytes <= 0 || res2.StateBytes > res.StateBytes/2 {
+		t.Fatalf("second snapshot stored %d bytes, the first %d: want at most half", res2.StateBytes, res.StateBytes)
 	}
 	r3, err := q.Restore(ctx, img, vm.SnapshotFiles{Disk: filepath.Join(dir, "r2", "overlay.qcow2"), State: state2, MachineArgs: snap.MachineArgs}, filepath.Join(dir, "r3", "overlay.qcow2"), fastSpec)
 	if err != nil {
@@ -279,23 +285,20 @@ func TestKillDuringSaveLeavesNoState(t *testing.T) {
 	dir := t.TempDir()
 	m := boot(t, q, vmtest.Fast(t), dir)
 	sh(t, m, "head -c 20000000 /dev/urandom > /tmp/fill")
-	state := filepath.Join(dir, "state.zst")
+	state := filepath.Join(dir, "state")
 	errc := make(chan error, 1)
 	go func() {
 		_, err := m.Snapshot(context.Background(), state, filepath.Join(dir, "next.qcow2"))
 		errc <- err
 	}()
-	// Kill QEMU as soon as the (temporary) state file has data: mid-save.
+	// Kill QEMU as soon as the state's pack has data: mid-save.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
-		tmp, _ := filepath.Glob(state + ".tmp-*")
-		if len(tmp) > 0 {
-			if fi, err := os.Stat(tmp[0]); err == nil && fi.Size() > 0 {
-				t.Logf("killing QEMU with %d bytes of state written", fi.Size())
-				break
-			}
+		if fi, err := os.Stat(state + ".pack"); err == nil && fi.Size() > 0 {
+			t.Logf("killing QEMU with %d bytes of state written", fi.Size())
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("no temporary state file appeared")
+			t.Fatal("no state pack appeared")
 		}
 	}
 	if err := syscall.Kill(vm.PID(m), syscall.SIGKILL); err != nil {
@@ -309,8 +312,7 @@ func TestKillDuringSaveLeavesNoState(t *testing.T) {
 	if !errors.Is(err, vm.ErrVMDied) {
 		t.Errorf("error does not wrap ErrVMDied: %v", err)
 	}
-	time.Sleep(500 * time.Millisecond) // let the compressor exit
-	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		if _, err := os.Stat(state); !os.IsNotExist(err) {
 		t.Fatalf("state file present after a failed save: %v", err)
 	}
 	if left, _ := filepath.Glob(state + "*"); len(left) != 0 {
@@ -350,7 +352,7 @@ func TestPausedSnapshotFallbackRestores(t *testing.T) {
 	m := boot(t, q, img, dir)
 	sh(t, m, "echo paused-save > /data/f && echo mem > /tmp/f && sync")
 	layer := m.Overlay()
-	state := filepath.Join(dir, "state.zst")
+	state := filepath.Join(dir, "state")
 	res, err := m.Snapshot(context.Background(), state, filepath.Join(dir, "next.qcow2"))
 	if err != nil {
 		t.Fatalf("paused snapshot: %v", err)
@@ -406,7 +408,7 @@ func TestStartSnapshotOverlapsCommands(t *testing.T) {
 	ctx := context.Background()
 	sh(t, m, "echo before > /data/f && echo mem-before > /tmp/f && sync")
 	layer := m.Overlay()
-	state := filepath.Join(dir, "state.zst")
+	state := filepath.Join(dir, "state")
 	finish, err := m.StartSnapshot(ctx, state, filepath.Join(dir, "next.qcow2"))
 	if err != nil {
 		t.Fatalf("start snapshot: %v", err)

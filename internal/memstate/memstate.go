@@ -1,0 +1,414 @@
+// Package memstate stores a VM's saved state (QEMU's migration stream: RAM
+// pages and device state) as content-defined chunks, deduplicated against
+// the state it was taken after.
+//
+// A saved state is two files: a manifest (the path the caller names) that
+// lists the stream's chunks in order, and a pack (manifest path + ".pack")
+// holding the compressed chunks that were new in this state. Chunks the
+// parent state already had are referenced in the parent's pack (or in
+// whichever ancestor's pack the parent referenced), by a path relative to
+// the manifest's folder. A state therefore needs its ancestors' packs: the
+// store keeps a layer's parents as long as the layer (its disk needs them
+// too), so only the bytes a step changed are added to the store.
+//
+// Each chunk is a zstd frame with a content checksum, so a pack damaged on
+// disk fails the restore instead of loading a corrupt guest; the manifest
+// carries a SHA-256 of itself.
+package memstate
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/strata-ci/strata/internal/fsutil"
+)
+
+const magic = "STRATAMS1\n"
+
+// PackSuffix names a state's pack: the manifest path plus this suffix.
+const PackSuffix = ".pack"
+
+// Entry is one chunk of a stream.
+type Entry struct {
+	Hash [sha256.Size]byte // of the uncompressed bytes
+	Pack uint32            // index into Manifest.Packs
+	Off  int64             // where its zstd frame starts in the pack
+	CLen uint32            // compressed length
+	RLen uint32            // uncompressed length
+}
+
+// Manifest lists the chunks of one saved stream.
+type Manifest struct {
+	// Dir is the folder the manifest lives in; Packs are relative to it.
+	Dir    string
+	Packs  []string
+	Size   int64 // uncompressed stream bytes
+	Chunks []Entry
+}
+
+// Load reads a manifest.
+func Load(path string) (*Manifest, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("state manifest: %w", err)
+	}
+	m, err := decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("state manifest %s: %w", path, err)
+	}
+	m.Dir = filepath.Dir(path)
+	return m, nil
+}
+
+var errCorrupt = errors.New("corrupt (bad checksum or truncated)")
+
+func decode(b []byte) (*Manifest, error) {
+	if len(b) < len(magic)+sha256.Size || string(b[:len(magic)]) != magic {
+		return nil, errors.New("not a strata state manifest")
+	}
+	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
+	if h := sha256.Sum256(body); !bytes.Equal(h[:], sum) {
+		return nil, errCorrupt
+	}
+	r := bytes.NewReader(body[len(magic):])
+	var m Manifest
+	var npacks uint32
+	if err := binary.Read(r, binary.LittleEndian, &npacks); err != nil {
+		return nil, errCorrupt
+	}
+	for range npacks {
+		var n uint16
+		if err := binary.Read(r, binary.LittleEndian, &n); err != nil {
+			return nil, errCorrupt
+		}
+		p := make([]byte, n)
+		if _, err := io.ReadFull(r, p); err != nil {
+			return nil, errCorrupt
+		}
+		m.Packs = append(m.Packs, string(p))
+	}
+	var nchunks uint32
+	if err := binary.Read(r, binary.LittleEndian, &m.Size); err != nil {
+		return nil, errCorrupt
+	}
+	if err := binary.Read(r, binary.LittleEndian, &nchunks); err != nil {
+		return nil, errCorrupt
+	}
+	if int64(nchunks)*entrySize != int64(r.Len()) {
+		return nil, errCorrupt
+	}
+	m.Chunks = make([]Entry, nchunks)
+	if err := binary.Read(r, binary.LittleEndian, m.Chunks); err != nil {
+		return nil, errCorrupt
+	}
+	var total int64
+	for _, c := range m.Chunks {
+		if int(c.Pack) >= len(m.Packs) {
+			return nil, errCorrupt
+		}
+		total += int64(c.RLen)
+	}
+	if total != m.Size {
+		return nil, errCorrupt
+	}
+	return &m, nil
+}
+
+const entrySize = sha256.Size + 4 + 8 + 4 + 4
+
+func (m *Manifest) encode() []byte {
+	var b bytes.Buffer
+	b.WriteString(magic)
+	le := binary.LittleEndian
+	_ = binary.Write(&b, le, uint32(len(m.Packs)))
+	for _, p := range m.Packs {
+		_ = binary.Write(&b, le, uint16(len(p)))
+		b.WriteString(p)
+	}
+	_ = binary.Write(&b, le, m.Size)
+	_ = binary.Write(&b, le, uint32(len(m.Chunks)))
+	_ = binary.Write(&b, le, m.Chunks)
+	sum := sha256.Sum256(b.Bytes())
+	b.Write(sum[:])
+	return b.Bytes()
+}
+
+// decoders are shared: DecodeAll is safe for concurrent use.
+var decoder = sync.OnceValue(func() *zstd.Decoder {
+	d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxChunk*2))
+	return d
+})
+
+// WriteTo streams the uncompressed state to w. Chunks are read and
+// decompressed by a few workers ahead of the writer, in order.
+func (m *Manifest) WriteTo(w io.Writer) (int64, error) {
+	packs := make([]*os.File, len(m.Packs))
+	for i, p := range m.Packs {
+		f, err := os.Open(filepath.Join(m.Dir, p))
+		if err != nil {
+			for _, f := range packs[:i] {
+				f.Close()
+			}
+			return 0, fmt.Errorf("state pack: %w", err)
+		}
+		packs[i] = f
+	}
+	defer func() {
+		for _, f := range packs {
+			f.Close()
+		}
+	}()
+	type result struct {
+		b   []byte
+		err error
+	}
+	workers := max(2, runtime.GOMAXPROCS(0))
+	results := make(chan chan result, workers*4)
+	stop := make(chan struct{})
+	defer close(stop)
+	sem := make(chan struct{}, workers)
+	go func() {
+		defer close(results)
+		for _, c := range m.Chunks {
+			ch := make(chan result, 1)
+			select {
+			case results <- ch:
+			case <-stop:
+				return
+			}
+			sem <- struct{}{}
+			go func(c Entry) {
+				defer func() { <-sem }()
+				buf := make([]byte, c.CLen)
+				if _, err := packs[c.Pack].ReadAt(buf, c.Off); err != nil {
+					ch <- result{err: fmt.Errorf("state pack %s at %d: %w", m.Packs[c.Pack], c.Off, err)}
+					return
+				}
+				out, err := decoder().DecodeAll(buf, make([]byte, 0, c.RLen))
+				if err == nil && len(out) != int(c.RLen) {
+					err = fmt.Errorf("chunk is %d bytes, want %d", len(out), c.RLen)
+				}
+				if err != nil {
+					err = fmt.Errorf("state pack %s at %d: %w", m.Packs[c.Pack], c.Off, err)
+				}
+				ch <- result{b: out, err: err}
+			}(c)
+		}
+	}()
+	var n int64
+	for ch := range results {
+		r := <-ch
+		if r.err != nil {
+			return n, r.err
+		}
+		k, err := w.Write(r.b)
+		n += int64(k)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Stats says what saving a stream cost.
+type Stats struct {
+	Size     int64 // uncompressed stream bytes
+	Chunks   int
+	Reused   int   // chunks found in the parent (or earlier in the stream)
+	NewBytes int64 // bytes written to the pack
+}
+
+// Writer saves a stream. Write it, then Commit; Abort (or a crash) leaves
+// nothing that a committed manifest refers to.
+type Writer struct {
+	path   string
+	pack   *os.File
+	packW  *bufio.Writer
+	packAt int64
+	enc    *zstd.Encoder
+	known  map[[sha256.Size]byte]Entry
+	m      Manifest
+	buf    []byte
+	stats  Stats
+	err    error
+	done   bool
+}
+
+// Create starts saving a stream whose manifest will be path. parent, when
+// not nil, is the state this one was taken after: chunks it holds are
+// referenced, not stored again.
+func Create(path string, parent *Manifest) (*Writer, error) {
+	dir := filepath.Dir(path)
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	w := &Writer{path: path, known: map[[sha256.Size]byte]Entry{}}
+	w.m.Dir = dir
+	if parent != nil {
+		absParent, err := filepath.Abs(parent.Dir)
+		if err != nil {
+			return nil, err
+		}
+		remap := make([]uint32, len(parent.Packs))
+		for i, p := range parent.Packs {
+			rel, err := filepath.Rel(absDir, filepath.Join(absParent, p))
+			if err != nil {
+				return nil, fmt.Errorf("state pack %s: %w", p, err)
+			}
+			remap[i] = uint32(len(w.m.Packs))
+			w.m.Packs = append(w.m.Packs, rel)
+		}
+		for _, c := range parent.Chunks {
+			c.Pack = remap[c.Pack]
+			w.known[c.Hash] = c
+		}
+	}
+	w.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true))
+	if err != nil {
+		return nil, err
+	}
+	// The pack is written under its final name: until the manifest is
+	// committed nothing refers to it.
+	w.pack, err = os.OpenFile(path+PackSuffix, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("state pack: %w", err)
+	}
+	w.packW = bufio.NewWriterSize(w.pack, 1<<20)
+	w.m.Packs = append(w.m.Packs, filepath.Base(path)+PackSuffix)
+	w.buf = make([]byte, 0, 2*maxChunk)
+	return w, nil
+}
+
+// Write adds stream bytes.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), cap(w.buf)-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p = p[k:]
+		if err := w.flush(false); err != nil {
+			w.err = err
+			return n - len(p), err
+		}
+	}
+	return n, nil
+}
+
+// flush cuts and stores every complete chunk in the buffer (all of it when
+// final).
+func (w *Writer) flush(final bool) error {
+	start := 0
+	for start < len(w.buf) {
+		rest := w.buf[start:]
+		k, found := cut(rest)
+		if !found && !final {
+			break
+		}
+		if err := w.add(rest[:k]); err != nil {
+			return err
+		}
+		start += k
+	}
+	w.buf = append(w.buf[:0], w.buf[start:]...)
+	return nil
+}
+
+func (w *Writer) add(chunk []byte) error {
+	h := sha256.Sum256(chunk)
+	w.stats.Chunks++
+	w.m.Size += int64(len(chunk))
+	if e, ok := w.known[h]; ok && int(e.RLen) == len(chunk) {
+		w.stats.Reused++
+		w.m.Chunks = append(w.m.Chunks, e)
+		return nil
+	}
+	z := w.enc.EncodeAll(chunk, nil)
+	if _, err := w.packW.Write(z); err != nil {
+		return fmt.Errorf("state pack: %w", err)
+	}
+	e := Entry{Hash: h, Pack: uint32(len(w.m.Packs) - 1), Off: w.packAt, CLen: uint32(len(z)), RLen: uint32(len(chunk))}
+	w.packAt += int64(len(z))
+	w.known[h] = e
+	w.m.Chunks = append(w.m.Chunks, e)
+	return nil
+}
+
+// Commit stores the last chunk, syncs the pack and writes the manifest
+// atomically. It returns the saved manifest (a parent for the next state).
+func (w *Writer) Commit() (*Manifest, Stats, error) {
+	if w.done {
+		return nil, w.stats, errors.New("state already committed or aborted")
+	}
+	if w.err == nil {
+		w.err = w.flush(true)
+	}
+	if w.err == nil {
+		w.err = w.packW.Flush()
+	}
+	if w.err == nil {
+		w.err = w.pack.Sync()
+	}
+	if err := w.pack.Close(); w.err == nil {
+		w.err = err
+	}
+	w.done = true
+	if w.err != nil {
+		os.Remove(w.path + PackSuffix)
+		return nil, w.stats, fmt.Errorf("save state: %w", w.err)
+	}
+	// Drop packs no chunk uses (ancestors whose chunks all changed).
+	used := make([]bool, len(w.m.Packs))
+	for _, c := range w.m.Chunks {
+		used[c.Pack] = true
+	}
+	remap := make([]uint32, len(w.m.Packs))
+	var packs []string
+	for i, p := range w.m.Packs {
+		if used[i] {
+			remap[i] = uint32(len(packs))
+			packs = append(packs, p)
+		}
+	}
+	for i := range w.m.Chunks {
+		w.m.Chunks[i].Pack = remap[w.m.Chunks[i].Pack]
+	}
+	w.m.Packs = packs
+	data := w.m.encode()
+	if err := fsutil.WriteFileAtomic(w.path, data, 0o644); err != nil {
+		os.Remove(w.path + PackSuffix)
+		return nil, w.stats, fmt.Errorf("save state: %w", err)
+	}
+	if w.packAt == 0 {
+		// Nothing new: the empty pack is not needed (and not listed).
+		os.Remove(w.path + PackSuffix)
+	}
+	w.stats.Size = w.m.Size
+	w.stats.NewBytes = w.packAt + int64(len(data))
+	m := w.m
+	return &m, w.stats, nil
+}
+
+// Abort throws the unfinished state away.
+func (w *Writer) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	w.pack.Close()
+	os.Remove(w.path + PackSuffix)
+}
