@@ -263,4 +263,3 @@ func BenchmarkLoad(b *testing.B) {
 		}
 	}
 }
-

@@ -52,8 +52,8 @@ type Exec struct {
 
 // SnapshotResult reports what a snapshot cost.
 type SnapshotResult struct {
-	Pause      time.Duration // wall time the guest was stopped
-	Total      time.Duration // until the state was complete and synced
+	Pause time.Duration // wall time the guest was stopped
+	Total time.Duration // until the state was complete and synced
 	// StateBytes is what the state added on disk: its manifest and the
 	// chunks its parent state did not have.
 	StateBytes int64

@@ -19,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-
 	"github.com/strata-ci/strata/internal/agentproto"
 )
 
@@ -47,14 +46,14 @@ type qemuMachine struct {
 	agent     *agentproto.Client
 	stopWatch chan struct{}
 
-	mu      sync.Mutex // serialises Snapshot and Forward, guards below
+	mu sync.Mutex // serialises Snapshot and Forward, guards below
 	// lastState is the state this machine was restored from or last
 	// saved: the next snapshot stores only the chunks it lacks.
 	lastState *memstate.Manifest
 	overlay   string
-	node    string
-	seq     int
-	closed  bool
+	node      string
+	seq       int
+	closed    bool
 }
 
 // Timings reports how long a Boot or Restore took, each measured from the
@@ -606,16 +605,16 @@ func (m *qemuMachine) StartSnapshot(ctx context.Context, statePath, nextOverlay 
 }
 
 type finishArgs struct {
-	bg                     bool
-	resumed                *bool
-	resume                 func()
-	pauseStart             time.Time
-	stopAt, resumeAt       time.Time
-	events                 <-chan QMPEvent
-	z                      *stateSaver
-	frozen                 string
-	start                  time.Time
-	committed              *bool
+	bg               bool
+	resumed          *bool
+	resume           func()
+	pauseStart       time.Time
+	stopAt, resumeAt time.Time
+	events           <-chan QMPEvent
+	z                *stateSaver
+	frozen           string
+	start            time.Time
+	committed        *bool
 }
 
 // finishSnapshot waits until the state is saved, then syncs and names it.

@@ -312,7 +312,7 @@ func TestKillDuringSaveLeavesNoState(t *testing.T) {
 	if !errors.Is(err, vm.ErrVMDied) {
 		t.Errorf("error does not wrap ErrVMDied: %v", err)
 	}
-		if _, err := os.Stat(state); !os.IsNotExist(err) {
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
 		t.Fatalf("state file present after a failed save: %v", err)
 	}
 	if left, _ := filepath.Glob(state + "*"); len(left) != 0 {
