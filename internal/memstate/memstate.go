@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -237,7 +238,8 @@ type Writer struct {
 	packW  *bufio.Writer
 	packAt int64
 	enc    *zstd.Encoder
-	known  map[[sha256.Size]byte]Entry
+	parent map[[sha256.Size]byte]Entry // read-only once created
+	own    map[[sha256.Size]byte]Entry // chunks stored in this pack
 	m      Manifest
 	buf    []byte
 	stats  Stats
@@ -254,7 +256,7 @@ func Create(path string, parent *Manifest) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Writer{path: path, known: map[[sha256.Size]byte]Entry{}}
+	w := &Writer{path: path, parent: map[[sha256.Size]byte]Entry{}, own: map[[sha256.Size]byte]Entry{}}
 	w.m.Dir = dir
 	if parent != nil {
 		absParent, err := filepath.Abs(parent.Dir)
@@ -272,10 +274,10 @@ func Create(path string, parent *Manifest) (*Writer, error) {
 		}
 		for _, c := range parent.Chunks {
 			c.Pack = remap[c.Pack]
-			w.known[c.Hash] = c
+			w.parent[c.Hash] = c
 		}
 	}
-	w.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true))
+	w.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithEncoderCRC(true))
 	if err != nil {
 		return nil, err
 	}
@@ -287,7 +289,7 @@ func Create(path string, parent *Manifest) (*Writer, error) {
 	}
 	w.packW = bufio.NewWriterSize(w.pack, 1<<20)
 	w.m.Packs = append(w.m.Packs, filepath.Base(path)+PackSuffix)
-	w.buf = make([]byte, 0, 2*maxChunk)
+	w.buf = make([]byte, 0, bufSize)
 	return w, nil
 }
 
@@ -301,17 +303,24 @@ func (w *Writer) Write(p []byte) (int, error) {
 		k := min(len(p), cap(w.buf)-len(w.buf))
 		w.buf = append(w.buf, p[:k]...)
 		p = p[k:]
-		if err := w.flush(false); err != nil {
-			w.err = err
-			return n - len(p), err
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(false); err != nil {
+				w.err = err
+				return n - len(p), err
+			}
 		}
 	}
 	return n, nil
 }
 
-// flush cuts and stores every complete chunk in the buffer (all of it when
-// final).
+// bufSize is how much stream a Writer cuts and stores at once: a few
+// hundred chunks, hashed and compressed in parallel.
+const bufSize = 4 << 20
+
+// flush cuts the buffer into chunks and stores every complete one (all of
+// it when final).
 func (w *Writer) flush(final bool) error {
+	var chunks [][]byte
 	start := 0
 	for start < len(w.buf) {
 		rest := w.buf[start:]
@@ -319,32 +328,67 @@ func (w *Writer) flush(final bool) error {
 		if !found && !final {
 			break
 		}
-		if err := w.add(rest[:k]); err != nil {
-			return err
-		}
+		chunks = append(chunks, rest[:k])
 		start += k
+	}
+	if err := w.add(chunks); err != nil {
+		return err
 	}
 	w.buf = append(w.buf[:0], w.buf[start:]...)
 	return nil
 }
 
-func (w *Writer) add(chunk []byte) error {
-	h := sha256.Sum256(chunk)
-	w.stats.Chunks++
-	w.m.Size += int64(len(chunk))
-	if e, ok := w.known[h]; ok && int(e.RLen) == len(chunk) {
-		w.stats.Reused++
+// add stores chunks in order: hashed, looked up in the parent and
+// compressed by parallel workers, then appended to the manifest and pack.
+func (w *Writer) add(chunks [][]byte) error {
+	type work struct {
+		hash   [sha256.Size]byte
+		known  bool
+		packed []byte
+	}
+	todo := make([]work, len(chunks))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(len(chunks), runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(chunks) {
+					return
+				}
+				t := &todo[i]
+				t.hash = sha256.Sum256(chunks[i])
+				if e, ok := w.parent[t.hash]; ok && int(e.RLen) == len(chunks[i]) {
+					t.known = true
+					continue
+				}
+				t.packed = w.enc.EncodeAll(chunks[i], nil)
+			}
+		})
+	}
+	wg.Wait()
+	for i, chunk := range chunks {
+		t := &todo[i]
+		w.stats.Chunks++
+		w.m.Size += int64(len(chunk))
+		if t.known {
+			w.stats.Reused++
+			w.m.Chunks = append(w.m.Chunks, w.parent[t.hash])
+			continue
+		}
+		if e, ok := w.own[t.hash]; ok && int(e.RLen) == len(chunk) {
+			w.stats.Reused++ // seen earlier in this stream
+			w.m.Chunks = append(w.m.Chunks, e)
+			continue
+		}
+		if _, err := w.packW.Write(t.packed); err != nil {
+			return fmt.Errorf("state pack: %w", err)
+		}
+		e := Entry{Hash: t.hash, Pack: uint32(len(w.m.Packs) - 1), Off: w.packAt, CLen: uint32(len(t.packed)), RLen: uint32(len(chunk))}
+		w.packAt += int64(len(t.packed))
+		w.own[t.hash] = e
 		w.m.Chunks = append(w.m.Chunks, e)
-		return nil
 	}
-	z := w.enc.EncodeAll(chunk, nil)
-	if _, err := w.packW.Write(z); err != nil {
-		return fmt.Errorf("state pack: %w", err)
-	}
-	e := Entry{Hash: h, Pack: uint32(len(w.m.Packs) - 1), Off: w.packAt, CLen: uint32(len(z)), RLen: uint32(len(chunk))}
-	w.packAt += int64(len(z))
-	w.known[h] = e
-	w.m.Chunks = append(w.m.Chunks, e)
 	return nil
 }
 
