@@ -12,8 +12,10 @@
 // too), so only the bytes a step changed are added to the store.
 //
 // Each chunk is a zstd frame with a content checksum, so a pack damaged on
-// disk fails the restore instead of loading a corrupt guest; the manifest
-// carries a SHA-256 of itself.
+// disk (or a reference to a wrong offset, which is no frame) fails the
+// restore instead of loading a corrupt guest; the manifest carries a
+// SHA-256 of itself. Chunk hashes are not recomputed on restore: that
+// would cost restore time for what the frame checksums already catch.
 package memstate
 
 import (
@@ -283,7 +285,8 @@ func Create(path string, parent *Manifest) (*Writer, error) {
 	}
 	// The pack is written under its final name: until the manifest is
 	// committed nothing refers to it.
-	w.pack, err = os.OpenFile(path+PackSuffix, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	// Never an existing pack: a committed state may refer to it.
+	w.pack, err = os.OpenFile(path+PackSuffix, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("state pack: %w", err)
 	}
@@ -434,6 +437,9 @@ func (w *Writer) Commit() (*Manifest, Stats, error) {
 	w.m.Packs = packs
 	data := w.m.encode()
 	if err := fsutil.WriteFileAtomic(w.path, data, 0o644); err != nil {
+		// The rename may have happened before the error (a failed
+		// directory sync): no manifest may outlive its pack.
+		os.Remove(w.path)
 		os.Remove(w.path + PackSuffix)
 		return nil, w.stats, fmt.Errorf("save state: %w", err)
 	}

@@ -39,6 +39,11 @@ func startSaver(statePath string, parent *memstate.Manifest) (*stateSaver, *os.F
 		defer close(s.done)
 		buf := make([]byte, 1<<20)
 		_, s.err = io.CopyBuffer(s.w, struct{ io.Reader }{pr}, buf)
+		if s.err != nil {
+			// Nobody reads any more: QEMU must get EPIPE and fail the
+			// migration rather than block on a full pipe.
+			pr.Close()
+		}
 	}()
 	return s, pw, nil
 }
