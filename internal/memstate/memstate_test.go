@@ -263,3 +263,14 @@ func BenchmarkLoad(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkCut(b *testing.B) {
+	data := pages(8, 4096)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		for p := data; len(p) > 0; {
+			n, _ := cut(p)
+			p = p[n:]
+		}
+	}
+}
