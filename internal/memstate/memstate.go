@@ -153,8 +153,10 @@ var decoder = sync.OnceValue(func() *zstd.Decoder {
 	return d
 })
 
-// WriteTo streams the uncompressed state to w. Chunks are read and
-// decompressed by a few workers ahead of the writer, in order.
+// WriteTo streams the uncompressed state to w. Batches of about 4 MiB are
+// read (neighbouring chunks of a pack in one read), decompressed in
+// parallel into one buffer and written at once, the next batch being
+// prepared while one is written.
 func (m *Manifest) WriteTo(w io.Writer) (int64, error) {
 	packs := make([]*os.File, len(m.Packs))
 	for i, p := range m.Packs {
@@ -167,61 +169,118 @@ func (m *Manifest) WriteTo(w io.Writer) (int64, error) {
 		}
 		packs[i] = f
 	}
+	type batch struct {
+		data []byte
+		err  error
+	}
+	batches := make(chan batch, 1)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(batches)
+		for first := 0; first < len(m.Chunks); {
+			last, size := first, 0
+			for last < len(m.Chunks) && (last == first || size+int(m.Chunks[last].RLen) <= bufSize) {
+				size += int(m.Chunks[last].RLen)
+				last++
+			}
+			data, err := m.readBatch(packs, m.Chunks[first:last], size)
+			select {
+			case batches <- batch{data, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+			first = last
+		}
+	})
 	defer func() {
+		close(stop)
+		wg.Wait() // no read on a closed pack
 		for _, f := range packs {
 			f.Close()
 		}
 	}()
-	type result struct {
-		b   []byte
-		err error
-	}
-	workers := max(2, runtime.GOMAXPROCS(0))
-	results := make(chan chan result, workers*4)
-	stop := make(chan struct{})
-	defer close(stop)
-	sem := make(chan struct{}, workers)
-	go func() {
-		defer close(results)
-		for _, c := range m.Chunks {
-			ch := make(chan result, 1)
-			select {
-			case results <- ch:
-			case <-stop:
-				return
-			}
-			sem <- struct{}{}
-			go func(c Entry) {
-				defer func() { <-sem }()
-				buf := make([]byte, c.CLen)
-				if _, err := packs[c.Pack].ReadAt(buf, c.Off); err != nil {
-					ch <- result{err: fmt.Errorf("state pack %s at %d: %w", m.Packs[c.Pack], c.Off, err)}
-					return
-				}
-				out, err := decoder().DecodeAll(buf, make([]byte, 0, c.RLen))
-				if err == nil && len(out) != int(c.RLen) {
-					err = fmt.Errorf("chunk is %d bytes, want %d", len(out), c.RLen)
-				}
-				if err != nil {
-					err = fmt.Errorf("state pack %s at %d: %w", m.Packs[c.Pack], c.Off, err)
-				}
-				ch <- result{b: out, err: err}
-			}(c)
-		}
-	}()
 	var n int64
-	for ch := range results {
-		r := <-ch
-		if r.err != nil {
-			return n, r.err
+	for b := range batches {
+		if b.err != nil {
+			return n, b.err
 		}
-		k, err := w.Write(r.b)
+		k, err := w.Write(b.data)
 		n += int64(k)
 		if err != nil {
 			return n, err
 		}
 	}
 	return n, nil
+}
+
+// readBatch reads and decompresses chunks (size bytes uncompressed).
+func (m *Manifest) readBatch(packs []*os.File, chunks []Entry, size int) ([]byte, error) {
+	// Runs of chunks that sit back to back in one pack are read at once.
+	type run struct {
+		pack       uint32
+		off        int64
+		first, end int // chunk indexes
+	}
+	var runs []run
+	for i, c := range chunks {
+		// At most 32 chunks a run, so that workers share a batch.
+		if k := len(runs) - 1; k >= 0 && runs[k].pack == c.Pack && runs[k].end-runs[k].first < 32 {
+			prev := chunks[i-1]
+			if prev.Off+int64(prev.CLen) == c.Off {
+				runs[k].end = i + 1
+				continue
+			}
+		}
+		runs = append(runs, run{pack: c.Pack, off: c.Off, first: i, end: i + 1})
+	}
+	out := make([]byte, size)
+	at := make([]int, len(chunks)+1)
+	for i, c := range chunks {
+		at[i+1] = at[i] + int(c.RLen)
+	}
+	var next atomic.Int64
+	errs := make([]error, len(runs))
+	var wg sync.WaitGroup
+	for range min(len(runs), runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for {
+				r := int(next.Add(1) - 1)
+				if r >= len(runs) {
+					return
+				}
+				errs[r] = m.readRun(packs, chunks, runs[r].first, runs[r].end, out, at)
+			}
+		})
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
+// readRun reads chunks[first:end], adjacent in one pack, and decompresses
+// each into out at its offset.
+func (m *Manifest) readRun(packs []*os.File, chunks []Entry, first, end int, out []byte, at []int) error {
+	c0, cl := chunks[first], chunks[end-1]
+	buf := make([]byte, cl.Off+int64(cl.CLen)-c0.Off)
+	if _, err := packs[c0.Pack].ReadAt(buf, c0.Off); err != nil {
+		return fmt.Errorf("state pack %s at %d: %w", m.Packs[c0.Pack], c0.Off, err)
+	}
+	for i := first; i < end; i++ {
+		c := chunks[i]
+		src := buf[c.Off-c0.Off : c.Off-c0.Off+int64(c.CLen)]
+		dst := out[at[i]:at[i]:at[i+1]]
+		got, err := decoder().DecodeAll(src, dst)
+		if err == nil && (len(got) != int(c.RLen) || (len(got) > 0 && &got[0] != &out[at[i]])) {
+			err = fmt.Errorf("chunk is %d bytes, want %d", len(got), c.RLen)
+		}
+		if err != nil {
+			return fmt.Errorf("state pack %s at %d: %w", m.Packs[c.Pack], c.Off, err)
+		}
+	}
+	return nil
 }
 
 // Stats says what saving a stream cost.
