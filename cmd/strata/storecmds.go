@@ -200,6 +200,10 @@ than --max-size. It waits for running jobs: never removes what a run uses.`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %d unfinished and %d snapshots, freed %s; store now %s\n",
 				res.Unfinished, res.Removed, humanBytes(res.Freed), humanBytes(res.Size))
+			if res.Unreadable > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "gc: %d snapshot(s) have unreadable meta.json under %s; no snapshot was removed (their parents are unknown): remove those layer folders by hand\n",
+					res.Unreadable, filepath.Join(st.Root(), "layers"))
+			}
 			return nil
 		},
 	}

@@ -15,6 +15,10 @@ type GCResult struct {
 	Removed    int   // committed layers removed
 	Freed      int64 // bytes freed
 	Size       int64 // bytes the store's layers use afterwards
+	// Unreadable counts committed layers whose metadata could not be
+	// read. Their parents are unknown, so while there are any GC removes
+	// no committed layer (a parent might look like a leaf).
+	Unreadable int
 }
 
 // TryLockExclusive takes the store lock exclusively if no run holds it.
@@ -31,7 +35,11 @@ func (s *Store) GC(maxBytes int64) (GCResult, error) {
 		return res, err
 	}
 	for _, e := range entries {
-		if _, err := os.Stat(filepath.Join(s.root, "layers", e.Name(), metaFile)); os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(s.root, "layers", e.Name(), metaFile)); err == nil {
+			if _, err := s.Get(e.Name()); err != nil {
+				res.Unreadable++
+			}
+		} else if os.IsNotExist(err) {
 			res.Freed += dirSize(filepath.Join(s.root, "layers", e.Name()))
 			if err := os.RemoveAll(filepath.Join(s.root, "layers", e.Name())); err != nil {
 				return res, err
@@ -49,7 +57,7 @@ func (s *Store) GC(maxBytes int64) (GCResult, error) {
 		return nil
 	})
 	refs := s.RepeatableRefs()
-	for size > maxBytes {
+	for size > maxBytes && res.Unreadable == 0 {
 		var leaves []Layer
 		for id, l := range layers {
 			if children[id] == 0 {

@@ -172,3 +172,22 @@ func TestGCRemovesUnfinishedThenLeastRecentlyUsedLeaves(t *testing.T) {
 		t.Fatalf("%d layers left", n)
 	}
 }
+
+// A layer whose metadata cannot be read hides its parent: GC must not take
+// that parent for a leaf (its disk and memory chunks are still needed).
+func TestGCKeepsEverythingWhenMetadataIsUnreadable(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	base := commitLayer(t, s, "", "k1")
+	child := commitLayer(t, s, base.ID, "k2")
+	os.WriteFile(filepath.Join(s.layerDir(child.ID), metaFile), []byte("{not json"), 0o644)
+	res, err := s.GC(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Unreadable != 1 || res.Removed != 0 {
+		t.Fatalf("%+v", res)
+	}
+	if _, err := s.Get(base.ID); err != nil {
+		t.Fatalf("the parent of an unreadable layer was removed: %v", err)
+	}
+}
