@@ -32,8 +32,9 @@ single files; default: the current folder) and checks that FROM and WAIT
 targets exist and form no cycle. It reports every problem of every file, as
 "file:line:col: error: message (hint: ...)", sorted by file and line.
 
-A folder is checked as part of the repository holding it (the nearest parent
-with a .git), so FROM /base resolves from the repository root.
+A folder is checked as the repository root, exactly as "strata run <folder>"
+would run it: FROM /base resolves from that folder. A single file is checked
+as part of the repository holding it (the nearest parent with a .git).
 
 Exit codes: 0 no errors (warnings allowed), 1 warnings only and --strict,
 2 errors, or a path that does not exist.`,
@@ -77,7 +78,12 @@ func lint(stdout, stderr io.Writer, args []string, f lintFlags) error {
 		if !st.IsDir() {
 			dir = filepath.Dir(abs)
 		}
-		root := repoRootOf(dir)
+		// The same root as `strata run` takes for a folder, so that
+		// lint and run agree on every FROM and WAIT target.
+		root := dir
+		if !st.IsDir() {
+			root = repoRootOf(dir)
+		}
 		s := scopes[root]
 		if s == nil {
 			s = &lintScope{}

@@ -50,14 +50,16 @@ func runLint(t *testing.T, dir string, f lintFlags, args ...string) (string, str
 
 func TestLintExitCodesAndOutput(t *testing.T) {
 	root := lintRepo(t, map[string]string{
-		"base/Layerfile":     "FROM vm/debian:12\nRUN make\n",
-		"web/Layerfile":      "FROM /base\nRUN BACKGROUND npm start\nEXPOSE WEBSITE http://localhost:9000/app\n",
-		"api/Layerfile":      "FROM ../base\nRUN make\nMEMORY 4G\n",
-		"clean/Layerfile":    "FROM vm/debian:12\nRUN true\n",
-		"cycle/a/Layerfile":  "FROM ../b\n",
-		"cycle/b/Layerfile":  "FROM vm/debian:12\nWAIT ../a\n",
-		".git/Layerfile":     "garbage\n",
-		"notes/Layerfile.md": "not a Layerfile\n",
+		"base/Layerfile":       "FROM vm/debian:12\nRUN make\n",
+		"web/Layerfile":        "FROM /base\nRUN BACKGROUND npm start\nEXPOSE WEBSITE http://localhost:9000/app\n",
+		"api/Layerfile":        "FROM ../base\nRUN make\nMEMORY 4G\n",
+		"clean/Layerfile":      "FROM vm/debian:12\nRUN true\n",
+		"cycle/a/Layerfile":    "FROM ../b\n",
+		"cycle/b/Layerfile":    "FROM vm/debian:12\nWAIT ../a\n",
+		".git/Layerfile":       "garbage\n",
+		"notes/Layerfile.md":   "not a Layerfile\n",
+		"graph/base/Layerfile": "FROM vm/debian:12\n",
+		"graph/b/Layerfile":    "FROM /base\nRUN true\n",
 	})
 	text := lintFlags{format: "text"}
 
@@ -75,19 +77,26 @@ func TestLintExitCodesAndOutput(t *testing.T) {
 	if out != want {
 		t.Errorf("lint . output:\n%s\nwant:\n%s", out, want)
 	}
-	if errOut != "3 errors, 1 warning in 6 Layerfiles\n" {
+	if errOut != "3 errors, 1 warning in 8 Layerfiles\n" {
 		t.Errorf("stderr = %q", errOut)
 	}
 
-	// A folder inside the repository: FROM /base still resolves from the root.
+	// A folder is a repository root, as for `strata run <folder>`.
 	if out, _, code := runLint(t, filepath.Join(root, "clean"), text); code != 0 || out != "" {
 		t.Errorf("lint in clean/: exit %d, output %q; want 0 and nothing", code, out)
 	}
-	if _, _, code := runLint(t, root, text, "api"); code != 0 {
-		t.Errorf("lint api (warnings only) exit = %d, want 0", code)
+	if out, _, code := runLint(t, root, text, "graph"); code != 0 || out != "" {
+		t.Errorf("lint graph (FROM /base inside it): exit %d, output %q; want 0 and nothing", code, out)
 	}
-	if _, _, code := runLint(t, root, lintFlags{format: "text", strict: true}, "api"); code != 1 {
-		t.Errorf("lint --strict api exit = %d, want 1", code)
+	if out, _, code := runLint(t, root, text, "web"); code != 2 || !strings.Contains(out, "web/Layerfile:1:6: error: FROM target /base") {
+		t.Errorf("lint web (its own root, no base inside): exit %d, output %q", code, out)
+	}
+	// A file belongs to the repository holding it: FROM ../base resolves.
+	if _, _, code := runLint(t, root, text, "api/Layerfile"); code != 0 {
+		t.Errorf("lint api/Layerfile (warnings only) exit = %d, want 0", code)
+	}
+	if _, _, code := runLint(t, root, lintFlags{format: "text", strict: true}, "api/Layerfile"); code != 1 {
+		t.Errorf("lint --strict api/Layerfile exit = %d, want 1", code)
 	}
 	// A single file, from another folder: paths are shown relative to the
 	// working directory.
