@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/strata-ci/strata/internal/image"
 	"github.com/strata-ci/strata/internal/layerfile"
 	"github.com/strata-ci/strata/internal/plan"
 )
@@ -109,6 +110,9 @@ func lint(stdout, stderr io.Writer, args []string, f lintFlags) error {
 			if s.covers(lf.Path) {
 				checked[lf.Path] = true
 			}
+		}
+		if cfg, err := image.LoadConfig(); err == nil {
+			ds = append(ds, imageDiagnostics(repo, cfg)...)
 		}
 		for _, d := range ds {
 			if s.covers(d.Pos.File) {

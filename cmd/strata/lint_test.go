@@ -151,3 +151,19 @@ func TestLintJSON(t *testing.T) {
 		}
 	}
 }
+
+// An image name strata cannot build is a bad Layerfile for lint (and run,
+// which exits 2 before any VM starts); an alias in the config makes it good.
+func TestLintUnknownBaseImage(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("STRATA_HOME", home)
+	root := lintRepo(t, map[string]string{"Layerfile": "FROM vm/debian:13\nRUN true\n"})
+	out, _, code := runLint(t, root, lintFlags{format: "text"})
+	if code != 2 || !strings.HasPrefix(out, `Layerfile:1:1: error: FROM unknown image "vm/debian:13"`) {
+		t.Fatalf("exit %d, output %q", code, out)
+	}
+	os.WriteFile(filepath.Join(home, "config.json"), []byte(`{"aliases": {"vm/debian:13": "vm/debian:12"}}`), 0o644)
+	if out, _, code := runLint(t, root, lintFlags{format: "text"}); code != 0 || out != "" {
+		t.Fatalf("with an alias: exit %d, output %q", code, out)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-ci/strata/internal/engine"
+	"github.com/strata-ci/strata/internal/image"
 	"github.com/strata-ci/strata/internal/layerfile"
 	"github.com/strata-ci/strata/internal/mask"
 	"github.com/strata-ci/strata/internal/plan"
@@ -265,6 +266,15 @@ func runRepository(cmd *cobra.Command, root string, f runFlags) error {
 	}
 	if err := checkSecretsGiven(repo, secrets); err != nil {
 		return withExit(2, err)
+	}
+	if cfg, err := image.LoadConfig(); err == nil {
+		if ds := imageDiagnostics(repo, cfg); len(ds) > 0 {
+			for _, d := range ds {
+				fmt.Fprintln(cmd.ErrOrStderr(), d.String())
+			}
+			rep.emit(runEvent{Event: "run", Status: "bad Layerfile", Seconds: time.Since(start).Seconds(), Error: fmt.Sprintf("%d error(s) in Layerfiles", len(ds))})
+			return withExit(2, fmt.Errorf("bad Layerfile: fix the errors above (strata lint shows them)"))
+		}
 	}
 
 	a, err := openApp(cmd.ErrOrStderr())
