@@ -50,7 +50,8 @@ the whole VM is snapshotted; the next run restores the deepest snapshot it can
 trust and executes only from there.
 
 Exit codes: 0 every Layerfile passed, 1 one failed, 2 bad Layerfile or flags,
-3 infrastructure error (no QEMU, no space, a VM that died).`,
+3 infrastructure error (no QEMU, no space, a VM that died), 130 interrupted
+(Ctrl-C; the running step is reported "cancelled").`,
 		Example: `  strata run
   strata run examples/docker
   strata run --secret NPM_TOKEN --output json .`,
@@ -472,8 +473,9 @@ func overall(results []engine.Result, interrupted bool) (string, int) {
 			}
 		}
 	}
-	if interrupted && code == 0 {
-		return "cancelled", 1
+	if interrupted && code != 3 {
+		// Ctrl-C: the shell's convention for a command ended by SIGINT.
+		return "cancelled", 130
 	}
 	return worst, code
 }

@@ -20,6 +20,8 @@ const (
 	StatusRan     = "ran"
 	StatusFailed  = "failed"
 	StatusSkipped = "skipped"
+	// StatusCancelled: the run was interrupted (Ctrl-C) while the step ran.
+	StatusCancelled = "cancelled"
 )
 
 // Layerfile statuses (SPEC §5).

@@ -21,6 +21,7 @@ type harness struct {
 	st   *store.Store
 	hv   *fakeHypervisor
 	out  lockedBuffer
+	ctx  context.Context // nil: context.Background()
 }
 
 // lockedBuffer is a bytes.Buffer safe for concurrent runs.
@@ -73,7 +74,11 @@ func (h *harness) run(layerfileText string, mod func(*Config)) Result {
 	if mod != nil {
 		mod(cfg)
 	}
-	return Run(context.Background(), cfg, &Job{
+	ctx := h.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return Run(ctx, cfg, &Job{
 		RepoRoot: h.repo, File: f, Rel: "Layerfile", Scope: "repo",
 		Branch: "main", DefaultBranch: "main", Runner: "main-layerfile",
 	})
@@ -380,5 +385,25 @@ func TestSkipAfterDisabledCheckpointKeepsTheFinalState(t *testing.T) {
 	}
 	if got := h.logOf(r.FinalLayer, "/x"); got != "a\nb\n" {
 		t.Fatalf("final state holds %q", got)
+	}
+}
+
+// Ctrl-C while a step runs: the step is cancelled (not failed), the rest
+// skipped, the Layerfile cancelled; the steps before it keep their
+// snapshots, so the next run goes on from there.
+func TestInterruptedStepIsCancelled(t *testing.T) {
+	h := newHarness(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	h.ctx = ctx
+	h.hv.onBlock = cancel
+	lf := "FROM vm/debian:12\nRUN echo 1 >> /log\nRUN block-until-cancelled\nRUN echo 3 >> /log\n"
+	r := h.run(lf, nil)
+	if r.Status != Cancelled || statuses(r) != "ran cancelled skipped" {
+		t.Fatalf("interrupted run: %s, steps %q", r.Status, statuses(r))
+	}
+	h.ctx, h.hv.onBlock = nil, nil
+	r = h.run(strings.Replace(lf, "block-until-cancelled", "true", 1), nil)
+	if r.Status != Passed || statuses(r) != "reused ran ran" {
+		t.Fatalf("rerun: %s, steps %q", r.Status, statuses(r))
 	}
 }

@@ -25,6 +25,7 @@ type fakeHypervisor struct {
 	boots    int
 	restores int
 	commands []string
+	onBlock  func() // called when a step runs "block-until-cancelled"
 }
 
 func (h *fakeHypervisor) MachineArgs(img vm.Image, spec vm.Spec) string {
@@ -87,6 +88,13 @@ func (m *fakeMachine) Run(ctx context.Context, e vm.Exec, stdout, stderr io.Writ
 		m.fs[g[2]] += word + "\n"
 		fmt.Fprintln(stdout, word)
 		return 0, nil
+	}
+	if cmd == "block-until-cancelled" {
+		if m.h.onBlock != nil {
+			m.h.onBlock()
+		}
+		<-ctx.Done()
+		return -1, ctx.Err()
 	}
 	if g := exitCode.FindStringSubmatch(cmd); g != nil {
 		n, _ := strconv.Atoi(g[1])

@@ -206,17 +206,18 @@ func (r *runner) run(ctx context.Context) error {
 		layer, err := r.execute(ctx, s)
 		secs := time.Since(t0).Seconds()
 		if err != nil {
-			var se *stepError
-			if errors.As(err, &se) {
-				r.report(s, StatusFailed, reason, secs, "")
+			if ctx.Err() != nil {
+				// Interrupted: whatever the step returned, it did not fail.
+				r.report(s, StatusCancelled, reason, secs, "")
 				r.skipRest(s)
-				r.result.Status = Failed
+				r.result.Status = Cancelled
 				return err
 			}
 			r.report(s, StatusFailed, reason, secs, "")
 			r.skipRest(s)
-			if ctx.Err() != nil {
-				r.result.Status = Cancelled
+			var se *stepError
+			if errors.As(err, &se) {
+				r.result.Status = Failed
 			} else {
 				r.result.Status = Errored
 			}
@@ -303,7 +304,7 @@ func (r *runner) sameAsPrevious(s *step) bool {
 		return false
 	}
 	p := r.prev.Steps[s.index-1]
-	return p.Key == string(s.key) && p.Status != StatusFailed && p.Status != StatusSkipped
+	return p.Key == string(s.key) && p.Status != StatusFailed && p.Status != StatusSkipped && p.Status != StatusCancelled
 }
 
 // RunKey names the saved report of a Layerfile's last run (for a SPLIT
