@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -139,9 +140,20 @@ func newLsCmd() *cobra.Command {
 			if err := st.Walk(func(l store.Layer) error { layers = append(layers, l); return nil }); err != nil {
 				return withExit(3, err)
 			}
+			cwd, _ := os.Getwd()
+			where := func(l store.Layer) string {
+				if l.Repository == "" {
+					return l.Layerfile
+				}
+				p := filepath.Join(l.Repository, l.Layerfile)
+				if rel, err := filepath.Rel(cwd, p); err == nil && cwd != "" && !strings.HasPrefix(rel, "..") {
+					return rel
+				}
+				return p
+			}
 			sort.SliceStable(layers, func(i, j int) bool {
-				if layers[i].Layerfile != layers[j].Layerfile {
-					return layers[i].Layerfile < layers[j].Layerfile
+				if wi, wj := where(layers[i]), where(layers[j]); wi != wj {
+					return wi < wj
 				}
 				return layers[i].Step < layers[j].Step
 			})
@@ -157,7 +169,7 @@ func newLsCmd() *cobra.Command {
 				if l.Checkpoint != "" {
 					ins += "  [checkpoint " + l.Checkpoint + "]"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", l.ID[:12], l.Layerfile, l.Step, humanBytes(l.DiskBytes), humanBytes(l.StateBytes), age(l.Created), ins)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", l.ID[:12], where(l), l.Step, humanBytes(l.DiskBytes), humanBytes(l.StateBytes), age(l.Created), ins)
 				total += l.DiskBytes + l.StateBytes
 			}
 			tw.Flush()

@@ -643,6 +643,7 @@ func (r *runner) snapshot(ctx context.Context, s *step) (string, error) {
 		MemoryMB:     r.spec.MemoryMB,
 		CPUs:         r.spec.CPUs,
 		AgentVersion: version.Version,
+		Repository:   r.job.RepoRoot,
 		Layerfile:    r.job.Rel,
 		Step:         s.index,
 		Instruction:  s.ins.Text,

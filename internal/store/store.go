@@ -60,7 +60,9 @@ type Layer struct {
 	MemoryMB     int    `json:"memory_mb"`
 	CPUs         int    `json:"cpus"`
 	AgentVersion string `json:"agent_version,omitempty"`
-	// Where it came from, for ls and explain.
+	// Where it came from, for ls and explain: the repository folder the
+	// run was given and the Layerfile's path below it.
+	Repository  string `json:"repository,omitempty"`
 	Layerfile   string `json:"layerfile,omitempty"`
 	Step        int    `json:"step"`
 	Instruction string `json:"instruction,omitempty"`
