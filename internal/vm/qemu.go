@@ -64,6 +64,7 @@ type QEMU struct {
 	mu          sync.Mutex
 	accel       Accel
 	accelReason string
+	warned      bool              // the TCG warning was printed
 	hashes      map[string]string // file identity -> content hash
 
 	// noBackgroundSnapshot forces the paused-migration fallback (tests).
@@ -141,10 +142,19 @@ func (q *QEMU) Accel(ctx context.Context, kernel string) (Accel, string) {
 	} else {
 		q.accel, q.accelReason = a, reason
 	}
-	if a == AccelTCG {
-		fmt.Fprintf(q.opts.Warn, "strata: warning: KVM is not usable (%s); running VMs with TCG software emulation, which is roughly 5-20x slower for guest code\n", reason)
-	}
 	return a, reason
+}
+
+// warnTCG prints, once per QEMU and only when a VM actually starts, why
+// it runs under TCG (a run that reuses every snapshot starts none).
+func (q *QEMU) warnTCG(accel Accel, reason string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if accel != AccelTCG || q.warned || reason == "set by configuration" {
+		return
+	}
+	q.warned = true
+	fmt.Fprintf(q.opts.Warn, "strata: warning: KVM is not usable (%s); running VMs with TCG software emulation, which is roughly 5-20x slower for guest code\n", reason)
 }
 
 func (q *QEMU) accelFor(img Image) Accel {
@@ -417,7 +427,8 @@ func (q *QEMU) createOverlay(ctx context.Context, overlay, backing, backingFmt s
 // launch starts QEMU; with state != "" it loads that migration stream
 // before starting the guest.
 func (q *QEMU) launch(ctx context.Context, img Image, spec Spec, overlay, state string) (*qemuMachine, error) {
-	accel, _ := q.Accel(ctx, img.Kernel)
+	accel, reason := q.Accel(ctx, img.Kernel)
+	q.warnTCG(accel, reason)
 	if err := os.MkdirAll(q.opts.RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
