@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"github.com/strata-ci/strata/internal/fsutil"
-	"github.com/strata-ci/strata/internal/memstate"
 	"io"
 	"net"
 	"os"
@@ -20,6 +18,8 @@ import (
 	"time"
 
 	"github.com/strata-ci/strata/internal/agentproto"
+	"github.com/strata-ci/strata/internal/fsutil"
+	"github.com/strata-ci/strata/internal/memstate"
 )
 
 // qemuMachine is one running QEMU process.
