@@ -222,7 +222,6 @@ func (m *Manifest) readBatch(packs []*os.File, chunks []Entry, size int) ([]byte
 	// Runs of chunks that sit back to back in one pack are read at once.
 	type run struct {
 		pack       uint32
-		off        int64
 		first, end int // chunk indexes
 	}
 	var runs []run
@@ -235,28 +234,17 @@ func (m *Manifest) readBatch(packs []*os.File, chunks []Entry, size int) ([]byte
 				continue
 			}
 		}
-		runs = append(runs, run{pack: c.Pack, off: c.Off, first: i, end: i + 1})
+		runs = append(runs, run{pack: c.Pack, first: i, end: i + 1})
 	}
 	out := make([]byte, size)
 	at := make([]int, len(chunks)+1)
 	for i, c := range chunks {
 		at[i+1] = at[i] + int(c.RLen)
 	}
-	var next atomic.Int64
 	errs := make([]error, len(runs))
-	var wg sync.WaitGroup
-	for range min(len(runs), runtime.GOMAXPROCS(0)) {
-		wg.Go(func() {
-			for {
-				r := int(next.Add(1) - 1)
-				if r >= len(runs) {
-					return
-				}
-				errs[r] = m.readRun(packs, chunks, runs[r].first, runs[r].end, out, at)
-			}
-		})
-	}
-	wg.Wait()
+	parallel(len(runs), func(r int) {
+		errs[r] = m.readRun(packs, chunks, runs[r].first, runs[r].end, out, at)
+	})
 	return out, errors.Join(errs...)
 }
 
@@ -409,26 +397,15 @@ func (w *Writer) add(chunks [][]byte) error {
 		packed []byte
 	}
 	todo := make([]work, len(chunks))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(len(chunks), runtime.GOMAXPROCS(0)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(chunks) {
-					return
-				}
-				t := &todo[i]
-				t.hash = sha256.Sum256(chunks[i])
-				if e, ok := w.parent[t.hash]; ok && int(e.RLen) == len(chunks[i]) {
-					t.known = true
-					continue
-				}
-				t.packed = w.enc.EncodeAll(chunks[i], nil)
-			}
-		})
-	}
-	wg.Wait()
+	parallel(len(chunks), func(i int) {
+		t := &todo[i]
+		t.hash = sha256.Sum256(chunks[i])
+		if e, ok := w.parent[t.hash]; ok && int(e.RLen) == len(chunks[i]) {
+			t.known = true
+			return
+		}
+		t.packed = w.enc.EncodeAll(chunks[i], nil)
+	})
 	for i, chunk := range chunks {
 		t := &todo[i]
 		w.stats.Chunks++
@@ -520,4 +497,19 @@ func (w *Writer) Abort() {
 	w.done = true
 	w.pack.Close()
 	os.Remove(w.path + PackSuffix)
+}
+
+// parallel calls fn(0) ... fn(n-1) on up to GOMAXPROCS goroutines and
+// returns when all have returned.
+func parallel(n int, fn func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(n, runtime.GOMAXPROCS(0)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				fn(i)
+			}
+		})
+	}
+	wg.Wait()
 }

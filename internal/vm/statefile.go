@@ -13,13 +13,31 @@ import (
 	"github.com/strata-ci/strata/internal/memstate"
 )
 
-// stateSaver stores a migration stream read from a pipe QEMU writes to.
-type stateSaver struct {
-	r    *os.File
-	w    *memstate.Writer
+// pipeWork is a goroutine moving a state through a pipe: done is closed
+// when it ends, err then says how.
+type pipeWork struct {
 	done chan struct{}
 	err  error
-	once sync.Once
+	once sync.Once // guards the owner's abort
+}
+
+// finished waits for the work to end and returns its error; when ctx ends
+// first it calls abort and returns ctx's error.
+func (p *pipeWork) finished(ctx context.Context, abort func()) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-ctx.Done():
+		abort()
+		return ctx.Err()
+	}
+}
+
+// stateSaver stores a migration stream read from a pipe QEMU writes to.
+type stateSaver struct {
+	pipeWork
+	r *os.File
+	w *memstate.Writer
 }
 
 // startSaver starts saving to statePath (deduplicated against parent, which
@@ -34,7 +52,7 @@ func startSaver(statePath string, parent *memstate.Manifest) (*stateSaver, *os.F
 		w.Abort()
 		return nil, nil, err
 	}
-	s := &stateSaver{r: pr, w: w, done: make(chan struct{})}
+	s := &stateSaver{pipeWork: pipeWork{done: make(chan struct{})}, r: pr, w: w}
 	go func() {
 		defer close(s.done)
 		buf := make([]byte, 1<<20)
@@ -50,16 +68,11 @@ func startSaver(statePath string, parent *memstate.Manifest) (*stateSaver, *os.F
 
 // wait waits until the stream has ended (QEMU closed its end).
 func (s *stateSaver) wait(ctx context.Context) error {
-	select {
-	case <-s.done:
-	case <-ctx.Done():
-		s.abort()
-		return ctx.Err()
+	err := s.finished(ctx, s.abort)
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("save state: %w", err)
 	}
-	if s.err != nil {
-		return fmt.Errorf("save state: %w", s.err)
-	}
-	return nil
+	return err
 }
 
 // commit writes the manifest; the state exists from here on.
@@ -81,10 +94,8 @@ func (s *stateSaver) abort() {
 
 // stateLoader feeds a saved state into a pipe QEMU reads from.
 type stateLoader struct {
-	w    *os.File
-	done chan struct{}
-	err  error
-	once sync.Once
+	pipeWork
+	w *os.File
 }
 
 // startLoader returns the loader of the state at path, its manifest and
@@ -98,7 +109,7 @@ func startLoader(path string) (*stateLoader, *memstate.Manifest, *os.File, error
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	l := &stateLoader{w: pw, done: make(chan struct{})}
+	l := &stateLoader{pipeWork: pipeWork{done: make(chan struct{})}, w: pw}
 	go func() {
 		defer close(l.done)
 		_, l.err = m.WriteTo(pw)
@@ -109,16 +120,15 @@ func startLoader(path string) (*stateLoader, *memstate.Manifest, *os.File, error
 
 // wait waits until the whole state has been written to the pipe.
 func (l *stateLoader) wait(ctx context.Context) error {
-	select {
-	case <-l.done:
-	case <-ctx.Done():
-		l.abort()
-		return ctx.Err()
+	err := l.finished(ctx, l.abort)
+	switch {
+	case err == nil || ctx.Err() != nil:
+		return err
+	case errors.Is(err, os.ErrClosed):
+		return nil // aborted on purpose
+	default:
+		return fmt.Errorf("load state: %w", err)
 	}
-	if l.err != nil && !errors.Is(l.err, os.ErrClosed) {
-		return fmt.Errorf("load state: %w", l.err)
-	}
-	return nil
 }
 
 // abort stops feeding the pipe.
