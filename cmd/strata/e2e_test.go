@@ -274,6 +274,13 @@ func TestBadLayerfileExits2BeforeAnyVM(t *testing.T) {
 	if len(entries) != 0 {
 		t.Errorf("a bad Layerfile left %d layers", len(entries))
 	}
+
+	// A base image strata cannot build is a bad Layerfile too.
+	writeFile(t, filepath.Join(repo, "Layerfile"), "FROM vm/debian:13\nRUN echo hi\n")
+	o = c.run(repo)
+	if o.code != 2 || !strings.Contains(o.stderr, `Layerfile:1:1: error: FROM unknown image "vm/debian:13"`) || o.steps() != "" {
+		t.Errorf("unknown image: exit %d, steps %q\n%s", o.code, o.steps(), o.stderr)
+	}
 }
 
 func TestCacheDirKeepsContentAcrossRuns(t *testing.T) {
